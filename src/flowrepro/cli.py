@@ -1,0 +1,128 @@
+"""The flowrepro command line: one subcommand per workflow stage.
+
+Every Snakemake rule calls one of these; each can also be run by hand. Heavy libraries are
+imported only inside the chosen stage, so ``flowrepro --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+STAGES = """stages, in workflow order:
+  acquire        make or download a dataset -> data/<name>.npz (+ .sha256)
+  train          train one model of a flow experiment, all seeds -> models/<dataset>/<model>.pt
+  reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> pairs/<dataset>/<model>.npz
+  sample         run every sampler of the experiment on one model, NFE counted -> samples/...npz
+  evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
+  claims         check the experiment's claims on its metrics -> claims.csv
+  plot           figures -> results/<experiment>/figures/*.png|pdf
+  report         every experiment on one page -> results/report.md, results/report.html
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowrepro", description="Reproduce generative-flow, sampler and optimizer papers.",
+                                     epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, help_text: str, experiment: bool = True, scale: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if experiment:
+            p.add_argument("--experiment", required=True, help="config/experiments/<id>.yaml")
+        if scale:
+            p.add_argument("--scale", required=True, help="config/scales/<scale>.yaml")
+        return p
+
+    p = stage("acquire", "make or download one dataset", experiment=False, scale=False)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--n-test", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--download-dir", default="data/downloads")
+    p.add_argument("--mirror", default=None, help="base URL to download from instead of the default mirror")
+
+    p = stage("train", "train one model of a flow experiment (all seeds)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--pairs", default=None, help="reflow pairs (for coupling: reflow)")
+    p.add_argument("--init", default=None, help="model file whose weights initialise this one")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = stage("reflow-pairs", "generate reflow pairs from a trained model", experiment=False)
+    p.add_argument("--model-file", required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("sample", "run the experiment's samplers on one trained model")
+    p.add_argument("--model-file", required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("evaluate", "compute the tidy metrics table")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("claims", "check the experiment's claims", scale=False)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("plot", "draw the experiment's figures", scale=False)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = stage("report", "write the report over all experiments", experiment=False)
+    p.add_argument("--experiments", nargs="+", required=True)
+    p.add_argument("--claims", nargs="+", required=True)
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--figures", nargs="*", default=[])
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-html", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.stage == "acquire":
+        from flowrepro.stages import acquire
+
+        acquire.run(args.dataset, args.out, args.n_train, args.n_test, args.seed, args.download_dir, args.mirror)
+    elif args.stage == "train":
+        from flowrepro.stages import train
+
+        train.run(args.experiment, args.scale, args.dataset, args.model, args.data, args.out,
+                  args.pairs, args.init, progress=not args.no_progress)
+    elif args.stage == "reflow-pairs":
+        from flowrepro.stages import sample
+
+        sample.reflow_pairs(args.scale, args.model_file, args.out)
+    elif args.stage == "sample":
+        from flowrepro.stages import sample
+
+        sample.run(args.experiment, args.scale, args.model_file, args.out)
+    elif args.stage == "evaluate":
+        from flowrepro.stages import evaluate
+
+        evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out)
+    elif args.stage == "claims":
+        from flowrepro.stages import claims
+
+        claims.run(args.experiment, args.metrics, args.out)
+    elif args.stage == "plot":
+        from flowrepro.stages import plot
+
+        plot.run(args.experiment, args.metrics, args.data, args.samples, args.out_dir)
+    elif args.stage == "report":
+        from flowrepro.stages import report
+
+        if not (len(args.experiments) == len(args.claims) == len(args.metrics)):
+            raise SystemExit("report: --experiments, --claims and --metrics must list the same experiments in order")
+        report.run(args.scale, args.experiments, args.claims, args.metrics, args.figures, args.out_md, args.out_html)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""MLP velocity network v_theta(x, t) for low-dimensional data."""
+from __future__ import annotations
+
+import math
+
+from flowrepro.registry import MODELS
+
+
+def build_mlp(dim: int, width: int = 128, depth: int = 3, time_features: int = 16):
+    """An MLP on [x, sinusoidal features of t]; ``depth`` hidden layers with SiLU."""
+    import torch
+    from torch import nn
+
+    class VelocityMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dim, self.time_features = dim, time_features
+            frequencies = torch.exp(torch.linspace(0, math.log(100.0), time_features // 2))
+            self.register_buffer("frequencies", frequencies)
+            layers: list[nn.Module] = []
+            in_features = dim + time_features
+            for _ in range(depth):
+                layers += [nn.Linear(in_features, width), nn.SiLU()]
+                in_features = width
+            layers.append(nn.Linear(in_features, dim))
+            self.net = nn.Sequential(*layers)
+
+        def forward(self, x, t):
+            t = t.reshape(-1, 1).expand(x.shape[0], 1).to(x.dtype)
+            angles = t * self.frequencies
+            return self.net(torch.cat([x, torch.sin(angles), torch.cos(angles)], dim=1))
+
+    return VelocityMLP()
+
+
+MODELS.register("mlp")(build_mlp)

@@ -1,0 +1,66 @@
+"""Name -> object registries, so an experiment YAML can name every piece it uses.
+
+A module that defines a piece registers it where it is defined::
+
+    @SAMPLERS.register("euler")
+    def euler(...): ...
+
+and ``SAMPLERS.get("euler")`` finds it. Unknown names raise a KeyError that lists
+the names that do exist.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+
+class Registry:
+    """A named table of objects of one kind (samplers, paths, optimizers, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def decorate(obj: Any) -> Any:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+DATASETS = Registry("dataset")
+PATHS = Registry("probability path")
+COUPLINGS = Registry("coupling")
+LOSSES = Registry("loss")
+TIME_DENSITIES = Registry("timestep density")
+MODELS = Registry("model")
+SAMPLERS = Registry("sampler")
+SCHEDULES = Registry("schedule")
+OPTIMIZERS = Registry("optimizer")
+PROBLEMS = Registry("problem")
+METRICS = Registry("metric")
+
+
+def load_plugins(modules: Iterable[str]) -> None:
+    """Import user modules named in an experiment's ``plugins:`` so their pieces register."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"plugin module {module!r} could not be imported: {error}") from error

@@ -1,0 +1,22 @@
+"""An honest NFE counter: wrap the model, count the calls actually made."""
+from __future__ import annotations
+
+
+class NFECounter:
+    """Callable wrapper around ``model(x, t)`` that counts every evaluation.
+
+    A batched call counts once: NFE is the number of sequential network evaluations per
+    sample, which is what a sampler's cost means in the papers.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.model(x, t)
+
+    def reset(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls

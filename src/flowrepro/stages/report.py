@@ -1,0 +1,112 @@
+"""report: one page over every experiment -> results/report.md and results/report.html.
+
+Per experiment: what was run (scale, seeds, wall time), the claims with pass/fail and the
+numbers that decided them, a metrics table (mean ± std over seeds), and the figures.
+Figures are linked relative to the report, so the results folder can be moved as a whole.
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from flowrepro import io
+from flowrepro.config import load_experiment, load_scale
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of each (dataset, method, optimizer, sampler, schedule, nfe, metric)."""
+    table = table.copy()
+    table["nfe"] = table["nfe"].where(table["schedule"] != "adaptive", "adaptive")
+    keys = ["dataset", "method", "optimizer", "sampler", "schedule", "nfe", "metric"]
+    table[keys] = table[keys].fillna("").astype(str)
+    grouped = table.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    grouped["value"] = [f"{m:.4g} ± {0 if pd.isna(s) else s:.2g}" for m, s in zip(grouped["mean"], grouped["std"])]
+    grouped = grouped.rename(columns={"count": "seeds"})
+    keep = [k for k in keys if (grouped[k] != "").any()]
+    return grouped[keep + ["value", "seeds"]]
+
+
+def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.DataFrame, figures: list[Path],
+                        report_dir: Path) -> dict:
+    counts = claims["status"].value_counts().to_dict()
+    return {
+        "id": experiment["id"], "title": experiment["title"], "source": experiment["source"],
+        "summary": ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pass", "fail", "not-run")),
+        "claims": claims, "metrics": summarise(metrics), "paper_numbers": experiment.get("paper_numbers", {}),
+        "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
+        "wall_s": float(metrics["wall_s"].fillna(0).sum()),
+        "figures": [os.path.relpath(f, report_dir) for f in figures if f.suffix == ".png"],
+    }
+
+
+def run(scale_file: str, experiment_files: list[str], claims_files: list[str], metrics_files: list[str],
+        figure_files: list[str], out_md: str, out_html: str) -> None:
+    scale = load_scale(scale_file)
+    report_dir = Path(out_md).parent
+    sections = []
+    for exp_file, claims_file, metrics_file in zip(experiment_files, claims_files, metrics_files):
+        experiment = load_experiment(exp_file)
+        figures = sorted(Path(f) for f in figure_files if Path(f).parts[-3] == experiment["id"])
+        sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
+                                            io.read_table(metrics_file), figures, report_dir))
+    header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
+    io.write_text(out_md, render_markdown(sections, header))
+    io.write_text(out_html, render_html(sections, header))
+    print(f"report: wrote {out_md} and {out_html}")
+
+
+def render_markdown(sections: list[dict], header: str) -> str:
+    lines = ["# flowrepro results", "", header, "", "| experiment | claims |", "|---|---|"]
+    lines += [f"| [{s['id']}](#{s['id']}) | {s['summary']} |" for s in sections]
+    for s in sections:
+        lines += ["", f"## {s['id']}", "", f"**{s['title']}**, {s['source']}", "",
+                  f"Sampling/measurement wall time recorded: {s['wall_s']:.1f} s.", "", "### Claims", "",
+                  "| claim | status | observed | threshold | detail |", "|---|---|---|---|---|"]
+        for _, c in s["claims"].iterrows():
+            lines.append(f"| {c['claim_id']}: {c['text']} | **{c['status']}** | {c['observed']} | {c['threshold']} | {c['detail']} |")
+        for claim_id, reading in s["readings"].items():
+            lines.append(f"\n*{claim_id}*: {reading}")
+        if s["paper_numbers"]:
+            lines += ["", "Paper's own numbers (their scale, for reference): " +
+                      "; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())]
+        lines += ["", "### Metrics (mean ± std over seeds)", "", s["metrics"].to_markdown(index=False)
+                  if _has_tabulate() else s["metrics"].to_string(index=False), "", "### Figures", ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in s["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(sections: list[dict], header: str) -> str:
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flowrepro results</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}.pass{background:#d4f7d4}"
+             ".fail{background:#f7d4d4}.not-run{background:#eee}img{max-width:100%}</style></head><body>",
+             f"<h1>flowrepro results</h1><p>{esc(header)}</p><table><tr><th>experiment</th><th>claims</th></tr>"]
+    parts += [f"<tr><td><a href='#{esc(s['id'])}'>{esc(s['id'])}</a></td><td>{esc(s['summary'])}</td></tr>" for s in sections]
+    parts.append("</table>")
+    for s in sections:
+        parts.append(f"<h2 id='{esc(s['id'])}'>{esc(s['id'])}</h2><p><b>{esc(s['title'])}</b>, {esc(s['source'])}</p>")
+        parts.append("<h3>Claims</h3><table><tr><th>claim</th><th>status</th><th>observed</th><th>threshold</th><th>detail</th></tr>")
+        for _, c in s["claims"].iterrows():
+            parts.append(f"<tr class='{esc(c['status'])}'><td>{esc(c['claim_id'])}: {esc(c['text'])}</td><td>{esc(c['status'])}</td>"
+                         f"<td>{esc(str(c['observed']))}</td><td>{esc(str(c['threshold']))}</td><td>{esc(c['detail'])}</td></tr>")
+        parts.append("</table>")
+        parts += [f"<p><i>{esc(k)}</i>: {esc(v)}</p>" for k, v in s["readings"].items()]
+        if s["paper_numbers"]:
+            parts.append("<p>Paper's own numbers (their scale): " + esc("; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())) + "</p>")
+        parts.append("<h3>Metrics (mean ± std over seeds)</h3>" + s["metrics"].to_html(index=False, border=0))
+        parts += [f"<figure><img src='{esc(f)}' alt='{esc(Path(f).stem)}'><figcaption>{esc(Path(f).stem)}</figcaption></figure>"
+                  for f in s["figures"]]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True

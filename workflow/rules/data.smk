@@ -1,0 +1,14 @@
+rule acquire:
+    output:
+        npz="data/{dataset}.npz",
+        checksum="data/{dataset}.npz.sha256",
+    params:
+        n_train=SCALE["flow2d"]["n_train"],
+        n_test=SCALE["flow2d"]["n_test"],
+    log:
+        "logs/acquire/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/acquire/{dataset}.tsv"
+    shell:
+        "flowrepro acquire --dataset {wildcards.dataset} --out {output.npz}"
+        " --n-train {params.n_train} --n-test {params.n_test} > {log} 2>&1"

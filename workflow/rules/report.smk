@@ -1,0 +1,17 @@
+rule report:
+    input:
+        scale=SCALE_FILE,
+        experiments=[f"config/experiments/{e}.yaml" for e in EXPERIMENTS],
+        claims=[f"results/{e}/claims.csv" for e in EXPERIMENTS],
+        metrics=[f"results/{e}/metrics.csv" for e in EXPERIMENTS],
+        figures=[f for e in EXPERIMENTS for f in figure_files(e, ("png",))],
+    output:
+        md="results/report.md",
+        html=report("results/report.html", caption="report/report.rst", category="Report"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
+    shell:
+        "flowrepro report --scale {input.scale} --experiments {input.experiments} --claims {input.claims}"
+        " --metrics {input.metrics} --figures {input.figures} --out-md {output.md} --out-html {output.html} > {log} 2>&1"

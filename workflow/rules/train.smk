@@ -1,0 +1,48 @@
+def train_inputs(wildcards):
+    spec = FLOW[wildcards.experiment]["models"][wildcards.model]
+    base = f"results/{wildcards.experiment}"
+    inputs = {
+        "experiment": experiment_file(wildcards),
+        "scale": SCALE_FILE,
+        "data": f"data/{wildcards.dataset}.npz",
+    }
+    if spec.get("coupling") == "reflow":
+        inputs["pairs"] = f"{base}/pairs/{wildcards.dataset}/{spec['pairs_from']}.npz"
+    if "init" in spec:
+        inputs["init"] = f"{base}/models/{wildcards.dataset}/{spec['init']}.pt"
+    return inputs
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        "results/{experiment}/models/{dataset}/{model}.pt",
+    params:
+        pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
+        init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+    threads: 2
+    log:
+        "logs/train/{experiment}/{dataset}/{model}.log",
+    benchmark:
+        "logs/benchmarks/train/{experiment}/{dataset}/{model}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} flowrepro train --experiment {input.experiment} --scale {input.scale}"
+        " --dataset {wildcards.dataset} --model {wildcards.model} --data {input.data}"
+        " {params.pairs} {params.init} --out {output} > {log} 2>&1"
+
+
+rule reflow_pairs:
+    input:
+        model="results/{experiment}/models/{dataset}/{model}.pt",
+        scale=SCALE_FILE,
+    output:
+        "results/{experiment}/pairs/{dataset}/{model}.npz",
+    threads: 2
+    log:
+        "logs/reflow_pairs/{experiment}/{dataset}/{model}.log",
+    benchmark:
+        "logs/benchmarks/reflow_pairs/{experiment}/{dataset}/{model}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} flowrepro reflow-pairs --scale {input.scale}"
+        " --model-file {input.model} --out {output} > {log} 2>&1"
