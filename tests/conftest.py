@@ -1,0 +1,44 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ["Snakefile", "config", "workflow"]
+
+
+def copy_workflow(target: Path) -> Path:
+    """Copy what `snakemake` needs (the package itself is installed) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, target / part)
+        else:
+            shutil.copy2(source, target / part)
+    return target
+
+
+@pytest.fixture
+def workflow_copy(tmp_path):
+    return copy_workflow(tmp_path / "wf")
+
+
+@pytest.fixture
+def tiny_scale(tmp_path):
+    """A scale file small enough for unit tests (seconds)."""
+    import yaml
+
+    scale = yaml.safe_load((REPO / "config/scales/tiny.yaml").read_text())
+    scale["seeds"] = [0]
+    scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=60, batch_size=64,
+                           checkpoint_every=20, reflow_pairs=500, pair_steps=5, n_eval=200, trajectory_steps=10)
+    path = tmp_path / "scale.yaml"
+    path.write_text(yaml.safe_dump(scale))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    os.environ.setdefault("OMP_NUM_THREADS", "2")

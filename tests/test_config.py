@@ -1,0 +1,60 @@
+"""Bad config fails before any job runs, with a message naming the file and the key."""
+import subprocess
+
+import pytest
+import yaml
+
+from flowrepro.config import ConfigError, load_experiment, load_scale
+
+
+def snakemake_dry_run(directory, *args):
+    return subprocess.run(["snakemake", "-n", "--cores", "1", *args], cwd=directory, capture_output=True, text=True, timeout=120)
+
+
+def edit_yaml(path, change):
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_default_config_builds_the_dag(workflow_copy):
+    result = snakemake_dry_run(workflow_copy)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "report" in result.stdout
+
+
+def test_paper_scale_dag_builds(workflow_copy):
+    result = snakemake_dry_run(workflow_copy, "--configfile", "config/scales/paper.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("file,change,named", [
+    ("config/config.yaml", lambda d: d.update(experimentz=d.pop("experiments")), "experimentz"),
+    ("config/config.yaml", lambda d: d.update(scale="huge"), "huge"),
+    ("config/scales/tiny.yaml", lambda d: d["flow2d"].update(steps="many"), "flow2d/steps"),
+    ("config/scales/tiny.yaml", lambda d: d["flow2d"].update(stepz=d["flow2d"].pop("steps")), "stepz"),
+    ("config/experiments/rectified_flow.yaml", lambda d: d["models"]["rf1"].update(coupling="indepndent"), "models/rf1/coupling"),
+    ("config/experiments/rectified_flow.yaml", lambda d: d["sampling"].update(eulr={"nfe": [1]}), "eulr"),
+    ("config/experiments/rectified_flow.yaml", lambda d: d["models"]["rf2"].update(pairs_from="rf9"), "rf9"),
+])
+def test_bad_config_fails_before_any_job_naming_the_key(workflow_copy, file, change, named):
+    edit_yaml(workflow_copy / file, change)
+    result = snakemake_dry_run(workflow_copy)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert named in output
+    assert "Job stats" not in output  # the DAG was never built
+    assert not (workflow_copy / "results").exists()
+
+
+def test_loaders_name_the_file(tmp_path):
+    bad = tmp_path / "rectified_flow.yaml"
+    bad.write_text("id: rectified_flow\nkind: flow\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_experiment(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_scale(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("scale: [tiny\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_scale(broken)

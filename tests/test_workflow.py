@@ -1,0 +1,37 @@
+"""The tiny workflow end to end through Snakemake, as a user runs it."""
+import subprocess
+
+import pandas as pd
+import pytest
+
+from flowrepro.io import TIDY_COLUMNS
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
+    run = subprocess.run(["snakemake", "--cores", "2"], cwd=workflow_copy, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = workflow_copy / "results"
+    metrics = pd.read_csv(results / "rectified_flow/metrics.csv")
+    assert list(metrics.columns) == TIDY_COLUMNS
+    assert set(metrics["seed"]) == {0, 1, 2}
+    nfe = metrics[(metrics["metric"] == "nfe") & (metrics["sampler"] == "euler")]
+    assert sorted(set(nfe["value"].astype(int))) == [1, 2, 4, 8, 16]
+    dopri = metrics[(metrics["metric"] == "nfe") & (metrics["sampler"] == "dopri5")]
+    assert (dopri["value"] >= 6).all()  # counted from real calls, not assumed
+
+    claims = pd.read_csv(results / "rectified_flow/claims.csv")
+    assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better"}
+    assert set(claims["status"]) <= {"pass", "fail"}  # both ran; either verdict is a result
+    assert claims["observed"].notna().all() and claims["threshold"].notna().all()
+
+    for figure in ("w2_vs_nfe", "samples", "trajectories"):
+        assert (results / f"rectified_flow/figures/{figure}.png").stat().st_size > 1000
+        assert (results / f"rectified_flow/figures/{figure}.pdf").exists()
+    html = (results / "report.html").read_text()
+    assert "rectified_flow" in html and "reflow_straightens" in html and "figures/w2_vs_nfe.png" in html
+    assert (workflow_copy / "logs/benchmarks/train/rectified_flow/moons/rf1.tsv").exists()
+
+    again = subprocess.run(["snakemake", "--cores", "2", "-n"], cwd=workflow_copy, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
