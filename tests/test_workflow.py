@@ -35,3 +35,7 @@ def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
     again = subprocess.run(["snakemake", "--cores", "2", "-n"], cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    zipped = subprocess.run(["snakemake", "--report", "results/report.zip"], cwd=workflow_copy, capture_output=True, text=True, timeout=300)
+    assert zipped.returncode == 0, zipped.stderr[-2000:]
+    assert (results / "report.zip").stat().st_size > 10_000

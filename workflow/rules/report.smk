@@ -7,7 +7,7 @@ rule report:
         figures=[f for e in EXPERIMENTS for f in figure_files(e, ("png",))],
     output:
         md="results/report.md",
-        html=report("results/report.html", caption="report/report.rst", category="Report"),
+        html=report("results/report.html", caption="../report/report.rst", category="Report"),
     log:
         "logs/report.log",
     benchmark:
