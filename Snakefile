@@ -16,6 +16,12 @@ SCALE_FILE = f"config/scales/{config['scale']}.yaml"
 SCALE = load_scale(SCALE_FILE)
 EXPERIMENTS = {name: load_experiment(f"config/experiments/{name}.yaml") for name in config["experiments"]}
 FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
+BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these experiment names ("(?!)" matches none)."""
+    return "|".join(names) if names else "(?!)"
 
 
 def experiment_file(wildcards):

@@ -14,6 +14,7 @@ STAGES = """stages, in workflow order:
   reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> pairs/<dataset>/<model>.npz
   sample         run every sampler of the experiment on one model, NFE counted -> samples/...npz
   evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
+  benchmark      a sampler or optimizer experiment, whole grid in one job -> metrics.csv
   claims         check the experiment's claims on its metrics -> claims.csv
   plot           figures -> results/<experiment>/figures/*.png|pdf
   report         every experiment on one page -> results/report.md, results/report.html
@@ -64,14 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
+    p = stage("benchmark", "run a sampler or optimizer experiment's whole grid")
+    p.add_argument("--out", required=True)
+
     p = stage("claims", "check the experiment's claims", scale=False)
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", required=True)
 
     p = stage("plot", "draw the experiment's figures", scale=False)
     p.add_argument("--metrics", required=True)
-    p.add_argument("--data", nargs="+", required=True)
-    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--data", nargs="*", default=[], help="flow experiments: the data files")
+    p.add_argument("--samples", nargs="*", default=[], help="flow experiments: the sample files")
     p.add_argument("--out-dir", required=True)
 
     p = stage("report", "write the report over all experiments", experiment=False)
@@ -107,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from flowrepro.stages import evaluate
 
         evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out)
+    elif args.stage == "benchmark":
+        from flowrepro.stages import benchmark
+
+        benchmark.run(args.experiment, args.scale, args.out)
     elif args.stage == "claims":
         from flowrepro.stages import claims
 

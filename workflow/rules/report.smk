@@ -4,7 +4,7 @@ rule report:
         experiments=[f"config/experiments/{e}.yaml" for e in EXPERIMENTS],
         claims=[f"results/{e}/claims.csv" for e in EXPERIMENTS],
         metrics=[f"results/{e}/metrics.csv" for e in EXPERIMENTS],
-        figures=[f for e in EXPERIMENTS for f in figure_files(e, ("png",))],
+        figures=[f"results/{e}/figures" for e in EXPERIMENTS],
     output:
         md="results/report.md",
         html=report("results/report.html", caption="../report/report.rst", category="Report"),

@@ -18,6 +18,13 @@ def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_f
 
     experiment = load_experiment(experiment_file)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if experiment["kind"] != "flow":
+        from flowrepro.stages import benchmark
+
+        for target in benchmark.plot(experiment_file, metrics_file, out_dir):
+            print(f"plot: wrote {target}")
+        return
     table = io.read_table(metrics_file)
     for figure in FLOW_FIGURES:
         target = str(out / f"{figure}.png")

@@ -49,13 +49,21 @@ def run(scale_file: str, experiment_files: list[str], claims_files: list[str], m
     sections = []
     for exp_file, claims_file, metrics_file in zip(experiment_files, claims_files, metrics_files):
         experiment = load_experiment(exp_file)
-        figures = sorted(Path(f) for f in figure_files if Path(f).parts[-3] == experiment["id"])
+        figures = sorted(p for p in _expand(figure_files) if p.parts[-3] == experiment["id"])
         sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
                                             io.read_table(metrics_file), figures, report_dir))
     header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
     io.write_text(out_md, render_markdown(sections, header))
     io.write_text(out_html, render_html(sections, header))
     print(f"report: wrote {out_md} and {out_html}")
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    """Figure files, with each directory replaced by the PNG files inside it."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        out += sorted(path.glob("*.png")) if path.is_dir() else [path]
+    return out
 
 
 def render_markdown(sections: list[dict], header: str) -> str:

@@ -1,0 +1,40 @@
+"""benchmark: run a self-contained experiment (kind sampler or optimizer) -> metrics.csv.
+
+Flow experiments chain train -> sample -> evaluate; benchmark kinds need no trained model
+from another job (the sampler harness has exact models, optimizer problems train their own),
+so one job runs the whole grid. Each kind's runner lives with its library code.
+"""
+from __future__ import annotations
+
+import importlib
+
+from flowrepro.config import load_experiment, load_scale
+from flowrepro.registry import load_plugins
+
+#: kind -> (module, run function, plot function, scale-file section with its sizes)
+KINDS = {
+    "optimizer": ("flowrepro.optim.experiment", "run_optimizer_experiment", "plot_optimizer_experiment", "optimizers"),
+    "sampler": ("flowrepro.samplers.experiment", "run_sampler_experiment", "plot_sampler_experiment", "samplers"),
+}
+
+
+def _kind(experiment: dict, experiment_file: str):
+    if experiment["kind"] not in KINDS:
+        raise ValueError(f"{experiment_file}: kind {experiment['kind']!r} has no benchmark runner; known: {sorted(KINDS)}")
+    module, run_name, plot_name, section = KINDS[experiment["kind"]]
+    return importlib.import_module(module), run_name, plot_name, section
+
+
+def run(experiment_file: str, scale_file: str, out: str) -> None:
+    experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
+    load_plugins(experiment.get("plugins", []))
+    module, run_name, _, section = _kind(experiment, experiment_file)
+    settings = {"scale": scale["scale"], "seeds": scale["seeds"], **scale.get(section, {})}
+    getattr(module, run_name)(experiment, settings, out)
+    print(f"benchmark: wrote {out}")
+
+
+def plot(experiment_file: str, metrics_file: str, out_dir: str) -> list[str]:
+    experiment = load_experiment(experiment_file)
+    module, _, plot_name, _ = _kind(experiment, experiment_file)
+    return getattr(module, plot_name)(metrics_file, out_dir)
