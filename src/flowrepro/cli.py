@@ -18,6 +18,7 @@ STAGES = """stages, in workflow order:
   claims         check the experiment's claims on its metrics -> claims.csv
   plot           figures -> results/<experiment>/figures/*.png|pdf
   report         every experiment on one page -> results/report.md, results/report.html
+  cache          publish (push) or fetch (pull) data and results with DVC
 """
 
 
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", nargs="*", default=[])
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-html", required=True)
+    from flowrepro.cache import add_cache_parser
+
+    add_cache_parser(sub)
     return parser
 
 
@@ -123,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from flowrepro.stages import plot
 
         plot.run(args.experiment, args.metrics, args.data, args.samples, args.out_dir)
+    elif args.stage == "cache":
+        from flowrepro.cache import run_cache
+
+        return run_cache(args)
     elif args.stage == "report":
         from flowrepro.stages import report
 

@@ -48,6 +48,8 @@ def load_experiment(path: str | Path) -> dict:
     experiment = validate(load_yaml(path), "experiment", path)
     if Path(path).stem != experiment["id"]:
         raise ConfigError(f"{path}: id {experiment['id']!r} must match the file name {Path(path).stem!r}")
+    if experiment.get("models"):
+        _check_piece_names(experiment, path)
     for name, spec in experiment.get("models", {}).items():
         for key in ("pairs_from", "init"):
             if key in spec and spec[key] not in experiment["models"]:
@@ -55,6 +57,20 @@ def load_experiment(path: str | Path) -> dict:
         if spec.get("coupling") == "reflow" and "pairs_from" not in spec:
             raise ConfigError(f"{path}: models/{name}: coupling reflow needs pairs_from")
     return experiment
+
+
+def _check_piece_names(experiment: dict, path: str | Path) -> None:
+    """Every piece a model names must be registered (built-ins, or a module under plugins:)."""
+    from flowrepro import registry
+    from flowrepro.generative import couplings, losses, paths  # noqa: F401  (register built-ins)
+
+    registry.load_plugins(experiment.get("plugins", []))
+    tables = {"path": registry.PATHS, "coupling": registry.COUPLINGS, "loss": registry.LOSSES,
+              "time_density": registry.TIME_DENSITIES}
+    for name, spec in experiment["models"].items():
+        for key, table in tables.items():
+            if key in spec and spec[key] not in table:
+                raise ConfigError(f"{path}: models/{name}/{key}: unknown {table.kind} {spec[key]!r}; known: {table.names()}")
 
 
 def load_scale(path: str | Path) -> dict:

@@ -5,6 +5,11 @@ rule sample:
         model="results/{experiment}/models/{dataset}/{model}.pt",
     output:
         "results/{experiment}/samples/{dataset}/{model}.npz",
+    resources:
+        # A GPU (sbatch --gpus=1) at small/paper scale; tiny runs on CPU-only nodes.
+        gpu=0 if config["scale"] == "tiny" else 1,
+        runtime={"tiny": 10, "small": 30}.get(config["scale"], 120),  # minutes
+        mem_mb={"tiny": 2000, "small": 4000}.get(config["scale"], 16000),
     threads: 2
     log:
         "logs/sample/{experiment}/{dataset}/{model}.log",

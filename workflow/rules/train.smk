@@ -21,6 +21,11 @@ rule train:
     params:
         pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+    resources:
+        # A GPU (sbatch --gpus=1) at small/paper scale; tiny runs on CPU-only nodes.
+        gpu=0 if config["scale"] == "tiny" else 1,
+        runtime={"tiny": 20, "small": 120}.get(config["scale"], 720),  # minutes
+        mem_mb={"tiny": 2000, "small": 8000}.get(config["scale"], 32000),
     threads: 2
     log:
         "logs/train/{experiment}/{dataset}/{model}.log",
@@ -38,6 +43,11 @@ rule reflow_pairs:
         scale=SCALE_FILE,
     output:
         "results/{experiment}/pairs/{dataset}/{model}.npz",
+    resources:
+        # A GPU (sbatch --gpus=1) at small/paper scale; tiny runs on CPU-only nodes.
+        gpu=0 if config["scale"] == "tiny" else 1,
+        runtime={"tiny": 10, "small": 60}.get(config["scale"], 240),  # minutes
+        mem_mb={"tiny": 2000, "small": 8000}.get(config["scale"], 32000),
     threads: 2
     log:
         "logs/reflow_pairs/{experiment}/{dataset}/{model}.log",

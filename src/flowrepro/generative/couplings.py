@@ -26,3 +26,21 @@ def reflow(pairs, batch_size: int, generator):
 
     index = torch.randint(0, pairs.shape[1], (batch_size,), generator=generator, device=pairs.device)
     return pairs[0, index], pairs[1, index]
+
+
+@COUPLINGS.register("minibatch_ot")
+def minibatch_ot(data, batch_size: int, generator):
+    """Independent draws, then x0 re-paired with x1 by the exact OT plan of the batch.
+
+    Multisample Flow Matching (Pooladian et al.) / OT-CFM: with uniform weights and equal batch
+    sizes the optimal plan of ``ot.emd`` on squared distances is a permutation.
+    """
+    import numpy as np
+    import ot
+    import torch
+
+    x0, x1 = independent(data, batch_size, generator)
+    cost = torch.cdist(x0.flatten(1), x1.flatten(1)).pow(2).double().cpu().numpy()
+    weights = np.full(batch_size, 1.0 / batch_size)
+    plan = ot.emd(weights, weights, cost)
+    return x0[torch.as_tensor(plan.argmax(axis=0), device=x0.device)], x1

@@ -23,3 +23,26 @@ def logit_normal_time(n: int, generator, device, mean: float = 0.0, std: float =
     import torch
 
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
+
+
+@LOSSES.register("pseudo_huber")
+def pseudo_huber(prediction, target):
+    """sqrt(|d|^2 + c^2) - c with c = 0.00054 sqrt(dim) (Lee et al., improved rectified flow)."""
+    diff = (prediction - target).flatten(1)
+    c = 0.00054 * diff.shape[1] ** 0.5
+    return ((diff.pow(2).sum(1) + c * c).sqrt() - c).mean()
+
+
+@TIME_DENSITIES.register("u_shaped")
+def u_shaped_time(n: int, generator, device, a: float = 4.0):
+    """p(t) ∝ cosh(a (t - 1/2)) on [0, 1] (Lee et al.), sampled by inverting its CDF.
+
+    CDF(t) = (sinh(a (t - 1/2)) + sinh(a/2)) / (2 sinh(a/2)), so
+    t = 1/2 + asinh((2u - 1) sinh(a/2)) / a.
+    """
+    import math
+
+    import torch
+
+    u = torch.rand(n, generator=generator, device=device)
+    return 0.5 + torch.asinh((2 * u - 1) * math.sinh(a / 2)) / a

@@ -1,8 +1,10 @@
-"""Probability paths x_t between source x0 (t=0, noise) and data x1 (t=1).
+"""Probability paths x_t = a(t) x0 + b(t) x1 between noise x0 (t=0) and data x1 (t=1).
 
-Each path gives the sample x_t and the conditional target velocity d/dt x_t.
-Linear (rectified flow / OT path with sigma_min): x_t = (1 - (1 - s) t) x0 + t x1,
-u_t = x1 - (1 - s) x0; with s = 0 it is the straight line of rectified flow.
+The conditional target velocity is u_t = a'(t) x0 + b'(t) x1 (Lipman et al., Flow Matching).
+- ``linear`` (rectified flow; the OT path with sigma_min): a = 1 - (1 - s) t, b = t.
+- ``vp`` (the variance-preserving diffusion path of Flow Matching, Sec. 4.1): b(t) = alpha_{1-t},
+  a(t) = sqrt(1 - alpha_{1-t}^2), alpha_s = exp(-T(s)/2), T(s) = int_0^s beta, beta(s) linear
+  from beta_min = 0.1 to beta_max = 20.
 """
 from __future__ import annotations
 
@@ -11,15 +13,58 @@ from dataclasses import dataclass
 from flowrepro.registry import PATHS
 
 
-@PATHS.register("linear")
-@dataclass(frozen=True)
-class LinearPath:
-    sigma_min: float = 0.0
+class AffinePath:
+    """x_t = a(t) x0 + b(t) x1; subclasses give the scalar coefficients and their derivatives."""
+
+    def coefficients(self, t):
+        """Return a(t), b(t), a'(t), b'(t) for a tensor t."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _shape(t, like):
+        return t.reshape(-1, *([1] * (like.dim() - 1)))
 
     def sample(self, x0, x1, t):
-        """x_t for a batch; t has shape (n,) and broadcasts over the data axes."""
-        tb = t.reshape(-1, *([1] * (x0.dim() - 1)))
-        return (1 - (1 - self.sigma_min) * tb) * x0 + tb * x1
+        a, b, _, _ = self.coefficients(t)
+        return self._shape(a, x0) * x0 + self._shape(b, x0) * x1
 
     def velocity(self, x0, x1, t):
-        return x1 - (1 - self.sigma_min) * x0
+        _, _, da, db = self.coefficients(t)
+        return self._shape(da, x0) * x0 + self._shape(db, x0) * x1
+
+
+@PATHS.register("linear")
+@dataclass(frozen=True)
+class LinearPath(AffinePath):
+    sigma_min: float = 0.0
+
+    def coefficients(self, t):
+        one = t.new_ones(())
+        return 1 - (1 - self.sigma_min) * t, t, -(1 - self.sigma_min) * one.expand_as(t), one.expand_as(t)
+
+
+@PATHS.register("vp")
+@dataclass(frozen=True)
+class VPPath(AffinePath):
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    #: a(t) -> 0 at t=1 makes a'(t) blow up; training times are clipped to [0, 1 - t_eps].
+    t_eps: float = 1e-3
+
+    def coefficients(self, t):
+        s = 1 - t.clamp(max=1 - self.t_eps)
+        integral = self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2
+        alpha = (-0.5 * integral).exp()
+        beta = self.beta_min + (self.beta_max - self.beta_min) * s
+        b, db = alpha, 0.5 * beta * alpha  # d/dt alpha_{1-t} = +beta/2 alpha
+        a = (1 - alpha**2).clamp(min=1e-12).sqrt()
+        return a, b, -b * db / a, db
+
+
+def build_path(spec: dict):
+    """The path a model spec names, with its options (``sigma_min`` for linear)."""
+    name = spec.get("path", "linear")
+    cls = PATHS.get(name)
+    return cls(sigma_min=spec["sigma_min"]) if "sigma_min" in spec else cls()
+
+

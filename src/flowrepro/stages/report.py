@@ -19,7 +19,8 @@ from flowrepro.config import load_experiment, load_scale
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of each (dataset, method, optimizer, sampler, schedule, nfe, metric)."""
     table = table.copy()
-    table["nfe"] = table["nfe"].where(table["schedule"] != "adaptive", "adaptive")
+    # An adaptive solver's NFE differs per seed: group its rows by tolerance, its NFE is a metric row.
+    table["nfe"] = table["nfe"].where(~table["schedule"].astype(str).str.startswith("adaptive"), "adaptive")
     keys = ["dataset", "method", "optimizer", "sampler", "schedule", "nfe", "metric"]
     table[keys] = table[keys].fillna("").astype(str)
     grouped = table.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()

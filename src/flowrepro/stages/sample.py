@@ -41,7 +41,7 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str) -> Non
         x0 = _noise(settings["n_eval"], info["dim"], seed, device)
         for sampler, options in experiment["sampling"].items():
             if sampler == "dopri5":
-                settings_list = [("adaptive", {"rtol": rtol, "atol": rtol}) for rtol in options["rtol"]]
+                settings_list = [(f"adaptive_rtol{rtol:g}", {"rtol": rtol, "atol": rtol}) for rtol in options["rtol"]]
             else:
                 schedule = options.get("schedule", "uniform")
                 calls = ode.CALLS_PER_STEP.get(sampler, 1)

@@ -25,7 +25,8 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
 
     from flowrepro.generative import couplings, paths  # noqa: F401  (register the pieces)
     from flowrepro.generative.training import TrainConfig, train_flow
-    from flowrepro.registry import PATHS, load_plugins
+    from flowrepro.generative.paths import build_path
+    from flowrepro.registry import COUPLINGS, load_plugins
 
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
     load_plugins(experiment.get("plugins", []))
@@ -38,7 +39,7 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
     config = TrainConfig(steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
                          checkpoint_every=settings["checkpoint_every"], optimizer=spec.get("optimizer", "adamw"),
                          time_density=spec.get("time_density", "uniform"), loss=spec.get("loss", "mse"))
-    path = PATHS.get(spec.get("path", "linear"))()
+    path = build_path(spec)
     data = torch.as_tensor(io.load_npz(data_file)["train"], device=device).flatten(1)
     pairs = torch.as_tensor(io.load_npz(pairs_file)["pairs"], device=device) if pairs_file else None
     if spec.get("coupling", "independent") == "reflow" and pairs is None:
@@ -56,7 +57,8 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
             seed_pairs = pairs[scale["seeds"].index(seed)]
             coupling = lambda n, g, p=seed_pairs: couplings.reflow(p, n, g)  # noqa: E731
         else:
-            coupling = lambda n, g: couplings.independent(data, n, g)  # noqa: E731
+            pair_up = COUPLINGS.get(spec.get("coupling", "independent"))
+            coupling = lambda n, g, f=pair_up: f(data, n, g)  # noqa: E731
         checkpoint = Path(f"{out}.seed{seed}.ckpt")
         start = time.perf_counter()
         history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{experiment['id']}/{dataset}/{model_name}/seed{seed}",

@@ -1,0 +1,78 @@
+"""Optimizers by name: one :class:`OptimizerSpec` per entry of ``OPTIMIZERS``.
+
+Every spec builds a ``torch.optim.Optimizer`` from ``(params, lr, **kw)``; extra
+keyword arguments (``betas=[0.9, 0.99]`` from a YAML file, say) are passed through.
+torch.optim covers SGD, Adam, AdamW and AMSGrad; the rest come from pytorch_optimizer,
+which is imported inside ``build`` because importing it takes seconds.
+
+``needs_create_graph`` tells the runner to call ``loss.backward(create_graph=True)``:
+AdaHessian differentiates the gradient again (Hutchinson's estimate of diag H,
+E_z[z * (H z)] with Rademacher z) inside its ``step``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flowrepro.registry import OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one optimizer, and what its ``backward`` call needs."""
+
+    name: str
+    build: Callable[..., Any]  # (params, lr, **kw) -> torch.optim.Optimizer
+    needs_create_graph: bool = False
+    source: str = ""
+
+
+def _tuples(kw: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives lists; torch validates ``betas`` as a tuple."""
+    return {k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in kw.items()}
+
+
+def _torch(cls_name: str, **fixed: Any) -> Callable[..., Any]:
+    def build(params: Any, lr: float, **kw: Any) -> Any:
+        import torch
+
+        return getattr(torch.optim, cls_name)(params, lr=lr, **{**fixed, **_tuples(kw)})
+
+    return build
+
+
+def _pytorch_optimizer(key: str, **fixed: Any) -> Callable[..., Any]:
+    def build(params: Any, lr: float, **kw: Any) -> Any:
+        from pytorch_optimizer import load_optimizer  # slow import: only when used
+
+        return load_optimizer(key)(params, lr=lr, **{**fixed, **_tuples(kw)})
+
+    return build
+
+
+def _register(spec: OptimizerSpec) -> OptimizerSpec:
+    return OPTIMIZERS.register(spec.name)(spec)
+
+
+for _spec in [
+    OptimizerSpec("sgd", _torch("SGD", momentum=0.9), source="torch.optim.SGD, heavy-ball momentum 0.9"),
+    OptimizerSpec("adam", _torch("Adam"), source="Kingma & Ba 2015"),
+    OptimizerSpec("adamw", _torch("AdamW"), source="Loshchilov & Hutter 2019"),
+    OptimizerSpec("amsgrad", _torch("Adam", amsgrad=True), source="Reddi et al. 2018"),
+    OptimizerSpec("adabelief", _pytorch_optimizer("adabelief"), source="Zhuang et al. 2020"),
+    OptimizerSpec("diffgrad", _pytorch_optimizer("diffgrad"), source="Dubey et al. 2019"),
+    OptimizerSpec("lion", _pytorch_optimizer("lion"), source="Chen et al. 2023"),
+    OptimizerSpec("adan", _pytorch_optimizer("adan"), source="Xie et al. 2022"),
+    OptimizerSpec("ademamix", _pytorch_optimizer("ademamix"), source="Pagliardini et al. 2024"),
+    OptimizerSpec("exadam", _pytorch_optimizer("exadam"), source="Adly 2024"),
+    OptimizerSpec("adahessian", _pytorch_optimizer("adahessian"), needs_create_graph=True,
+                  source="Yao et al. 2021"),
+    OptimizerSpec("gravity", _pytorch_optimizer("gravity"), source="Bahrami & Zadeh 2021"),
+    OptimizerSpec("grams", _pytorch_optimizer("grams"), source="Cao et al. 2024"),
+]:
+    _register(_spec)
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """The spec registered as ``name`` (KeyError listing the known names otherwise)."""
+    return OPTIMIZERS.get(name)

@@ -1,0 +1,217 @@
+"""Run optimizers on problems and turn the runs into tidy rows.
+
+Row conventions (columns of :data:`flowrepro.io.TIDY_COLUMNS`):
+
+* ``dataset`` = problem name, ``method`` = optimizer name,
+  ``optimizer`` = ``"<name> lr=<lr>"`` (the exact configuration that produced the row),
+* ``curve_<metric>`` rows are the logged curves: ``nfe`` holds the step (= number of
+  gradient evaluations) and ``wall_s`` the training seconds so far (evaluation excluded),
+* every other row is a summary of one run (``nfe`` empty, ``wall_s`` = its training time).
+
+The runner owns everything optimizer-specific: lr schedule (``lr * problem.lr_factor(t)``),
+``backward(create_graph=spec.needs_create_graph)``, projection after the step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+from flowrepro.registry import PROBLEMS
+
+BASE = {"sampler": "", "schedule": ""}
+
+
+def _make_problem(problem: str | Callable[..., Any], seed: int, problem_kwargs: dict | None) -> Any:
+    import flowrepro.optim.problems  # noqa: F401  (registers the synthetic problems)
+    import flowrepro.optim.problems_learning  # noqa: F401  (registers the learning problems)
+
+    factory = PROBLEMS.get(problem) if isinstance(problem, str) else problem
+    return factory(seed, **(problem_kwargs or {}))
+
+
+def _reached(value: float, target: dict[str, Any]) -> bool:
+    """``target = {metric, value, mode}``: mode "max" means value >= target, "min" <=."""
+    if not math.isfinite(value):
+        return False
+    return value >= target["value"] if target.get("mode", "min") == "max" else value <= target["value"]
+
+
+def run_optimizer(problem: str | Callable[..., Any], optimizer_name: str, lr: float, seed: int,
+                  steps: int, *, log_every: int | None = None, target: dict[str, Any] | None = None,
+                  optimizer_kwargs: dict[str, Any] | None = None,
+                  problem_kwargs: dict[str, Any] | None = None,
+                  experiment: str = "", scale: str = "", curves: bool = True) -> list[dict[str, Any]]:
+    """Train ``steps`` steps of ``optimizer_name`` at base ``lr`` and return tidy rows.
+
+    Summary rows: every metric of ``problem.summary()``, ``diverged`` (1 if the loss went
+    non-finite; training stops there), ``final_train_loss`` (last minibatch loss) and, with
+    ``target``, ``steps_to_target`` / ``seconds_to_target`` (inf when never reached,
+    checked every ``log_every`` steps on ``problem.evaluate()``).
+    """
+    import torch
+
+    from flowrepro.optim.registry import get_optimizer
+
+    spec = get_optimizer(optimizer_name)
+    torch.manual_seed(seed)
+    prob = _make_problem(problem, seed, problem_kwargs)
+    opt = spec.build(prob.params, lr, **(optimizer_kwargs or {}))
+    log_every = log_every or max(1, steps // 20)
+    label = {**BASE, "experiment": experiment, "dataset": prob.name, "method": optimizer_name,
+             "optimizer": f"{optimizer_name} lr={lr:g}", "seed": seed, "scale": scale}
+    rows: list[dict[str, Any]] = []
+    wall, hit_step, hit_wall, diverged, last_loss = 0.0, math.inf, math.inf, 0, math.nan
+
+    def log(step: int) -> None:
+        nonlocal hit_step, hit_wall
+        metrics = prob.evaluate()
+        if curves:
+            rows.extend({**label, "nfe": step, "metric": f"curve_{k}", "value": v, "wall_s": wall}
+                        for k, v in metrics.items())
+        if target and hit_step == math.inf and _reached(metrics.get(target["metric"], math.nan), target):
+            hit_step, hit_wall = step, wall
+
+    log(0)
+    for t in range(1, steps + 1):
+        start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr * prob.lr_factor(t)
+        opt.zero_grad(set_to_none=True)
+        loss = prob.loss(t)
+        loss.backward(create_graph=spec.needs_create_graph)  # AdaHessian differentiates grads again
+        opt.step()
+        prob.project()
+        prob.after_step(t)
+        last_loss = loss.item()
+        wall += time.perf_counter() - start
+        if not math.isfinite(last_loss):
+            diverged = 1
+            break
+        if t % log_every == 0 or t == steps:
+            log(t)
+    opt.zero_grad(set_to_none=True)  # drops the create_graph graph held by .grad
+
+    summary = {k: (v if not diverged else math.nan) for k, v in prob.summary().items()}
+    summary.update(diverged=diverged, final_train_loss=last_loss)
+    if target:
+        summary.update(steps_to_target=hit_step, seconds_to_target=hit_wall)
+    rows.extend({**label, "nfe": "", "metric": k, "value": float(v), "wall_s": wall}
+                for k, v in summary.items())
+    return rows
+
+
+def _score(rows: list[dict[str, Any]], metric: str, mode: str) -> float:
+    """Mean over seeds of a summary metric, with NaN (diverged) counted as worst."""
+    values = [r["value"] for r in rows if r["metric"] == metric and r["nfe"] == ""]
+    if not values or any(not math.isfinite(v) for v in values):
+        return -math.inf if mode == "max" else math.inf
+    mean = sum(values) / len(values)
+    return mean
+
+
+def lr_sweep(problem: str, optimizer_name: str, lr_grid: Iterable[float], seeds: Iterable[int],
+             steps: int, *, select_metric: str | None = None, select_mode: str | None = None,
+             **kw: Any) -> list[dict[str, Any]]:
+    """Run every (lr, seed); pick the lr with the best seed-mean validation metric.
+
+    Returns: ``sweep_<select_metric>`` rows for every (lr, seed) (``optimizer`` names the lr),
+    all rows of the best lr's runs under their own metric names, and a ``best_lr`` row per seed.
+    Selection uses the problem's ``select_metric`` (a validation metric) unless overridden,
+    so test metrics never choose the lr.
+    """
+    seeds = list(seeds)
+    runs: dict[float, list[dict[str, Any]]] = {}
+    probe = _make_problem(problem, seeds[0], kw.get("problem_kwargs"))
+    metric = select_metric or probe.select_metric
+    mode = select_mode or probe.select_mode
+    for lr in lr_grid:
+        runs[lr] = [row for seed in seeds
+                    for row in run_optimizer(problem, optimizer_name, lr, seed, steps, **kw)]
+    best = (max if mode == "max" else min)(runs, key=lambda lr: _score(runs[lr], metric, mode))
+    out: list[dict[str, Any]] = []
+    for lr, rows in runs.items():
+        out.extend({**r, "metric": f"sweep_{metric}"} for r in rows
+                   if r["metric"] == metric and r["nfe"] == "")
+    out.extend(runs[best])
+    template = [r for r in runs[best] if r["metric"] == metric and r["nfe"] == ""]
+    out.extend({**r, "metric": "best_lr", "value": float(best)} for r in template)
+    return out
+
+
+def performance_profile(table: Any, tau_grid: Iterable[float]) -> Any:
+    """AlgoPerf-style performance profile.
+
+    ``table`` has columns ``dataset`` (problem), ``method`` and ``value`` (time to target,
+    inf/NaN when not reached; several rows per pair are averaged, e.g. over seeds).
+    With r_{p,m} = t_{p,m} / min_m' t_{p,m'}, rho_m(tau) = |{p : r_{p,m} <= tau}| / |P|.
+    Returns a DataFrame with columns method, tau, fraction.
+    """
+    import numpy as np
+    import pandas as pd
+
+    times = table.groupby(["dataset", "method"])["value"].mean().unstack("method")
+    times = times.replace([np.nan], np.inf)
+    best = times.min(axis=1)
+    ratios = times.div(best.where(np.isfinite(best), np.nan), axis=0).fillna(np.inf)
+    rows = [{"method": m, "tau": float(tau), "fraction": float((ratios[m] <= tau).mean())}
+            for m in times.columns for tau in tau_grid]
+    return pd.DataFrame(rows, columns=["method", "tau", "fraction"])
+
+
+def largest_stable_lr(problem: str, optimizer_name: str, lr_grid: Iterable[float], seed: int,
+                      steps: int, problem_kwargs: dict[str, Any] | None = None) -> float:
+    """Largest lr of an ascending grid before the first unstable one (nan if the first fails).
+
+    Stable: after ``steps`` steps the full-train-set loss is finite and not above its value
+    at initialisation.
+    """
+    best = math.nan
+    for lr in sorted(lr_grid):
+        rows = run_optimizer(problem, optimizer_name, lr, seed, steps, log_every=steps,
+                             problem_kwargs=problem_kwargs, curves=False)
+        final = {r["metric"]: r["value"] for r in rows}
+        initial = _make_problem(problem, seed, problem_kwargs).info["initial_train_loss"]
+        if not (math.isfinite(final["train_loss"]) and final["train_loss"] <= initial):
+            break
+        best = lr
+    return best
+
+
+def fit_exponent(batch_sizes: list[int], lrs: list[float]) -> float:
+    """Slope of log lr* against log B by least squares (lr* ~ B^slope)."""
+    import numpy as np
+
+    pairs = [(math.log(b), math.log(lr)) for b, lr in zip(batch_sizes, lrs) if math.isfinite(lr) and lr > 0]
+    if len(pairs) < 2:
+        return math.nan
+    x, y = np.array(pairs).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def lr_batch_scaling(optimizers: list[str], batch_sizes: list[int], lr_grid: list[float],
+                     seeds: list[int], steps: int, problem: str = "digits_mlp",
+                     experiment: str = "", scale: str = "") -> list[dict[str, Any]]:
+    """Largest stable lr per (optimizer, batch size, seed) and the fitted exponent per optimizer.
+
+    Rows: ``max_stable_lr`` (``optimizer`` = "<name> batch=<B>"), ``lr_exponent`` per
+    optimizer and seed (slope of log lr* on log B). Granziol et al. predict ~1 for SGD
+    and ~0.5 for Adam.
+    """
+    rows: list[dict[str, Any]] = []
+    for name in optimizers:
+        for seed in seeds:
+            start, found = time.perf_counter(), []
+            for b in batch_sizes:
+                t0 = time.perf_counter()
+                lr = largest_stable_lr(problem, name, lr_grid, seed, steps, {"batch_size": b})
+                found.append(lr)
+                rows.append({**BASE, "experiment": experiment, "dataset": problem, "method": name,
+                             "optimizer": f"{name} batch={b}", "nfe": "", "seed": seed, "scale": scale,
+                             "metric": "max_stable_lr", "value": lr,
+                             "wall_s": time.perf_counter() - t0})
+            rows.append({**BASE, "experiment": experiment, "dataset": problem, "method": name,
+                         "optimizer": name, "nfe": "", "seed": seed, "scale": scale,
+                         "metric": "lr_exponent", "value": fit_exponent(batch_sizes, found),
+                         "wall_s": time.perf_counter() - start})
+    return rows
