@@ -19,6 +19,11 @@ FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
 BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
 
 
+# Tiny models are overhead-bound: one thread per job, two jobs side by side, beats two threads
+# per job (and two-thread jobs slow down 20x or more when anything else shares the cores).
+JOB_THREADS = 1 if config["scale"] == "tiny" else 4
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these experiment names ("(?!)" matches none)."""
     return "|".join(names) if names else "(?!)"

@@ -13,9 +13,11 @@ def flow_samples(wildcards):
 rule evaluate:
     input:
         experiment=experiment_file,
-        scale=SCALE_FILE,
         data=flow_data,
         samples=flow_samples,
+    params:
+        scale_file=SCALE_FILE,
+        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         report(
             "results/{experiment}/metrics.csv",
@@ -24,20 +26,27 @@ rule evaluate:
         ),
     wildcard_constraints:
         experiment=one_of(FLOW),
-    threads: 2
+    threads: JOB_THREADS
     log:
         "logs/evaluate/{experiment}.log",
     benchmark:
         "logs/benchmarks/evaluate/{experiment}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro evaluate --experiment {input.experiment} --scale {input.scale}"
+        "OMP_NUM_THREADS={threads} flowrepro evaluate --experiment {input.experiment} --scale {params.scale_file}"
         " --data {input.data} --samples {input.samples} --out {output} > {log} 2>&1"
+
+
+def benchmark_settings(wildcards):
+    section = {"optimizer": "optimizers", "sampler": "samplers"}[EXPERIMENTS[wildcards.experiment]["kind"]]
+    return {"seeds": SCALE["seeds"], **SCALE.get(section, {})}
 
 
 rule benchmark:
     input:
         experiment=experiment_file,
-        scale=SCALE_FILE,
+    params:
+        scale_file=SCALE_FILE,
+        settings=benchmark_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         report(
             "results/{experiment}/metrics.csv",
@@ -46,11 +55,11 @@ rule benchmark:
         ),
     wildcard_constraints:
         experiment=one_of(BENCHMARKS),
-    threads: 2
+    threads: JOB_THREADS
     log:
         "logs/benchmark/{experiment}.log",
     benchmark:
         "logs/benchmarks/benchmark/{experiment}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro benchmark --experiment {input.experiment} --scale {input.scale}"
+        "OMP_NUM_THREADS={threads} flowrepro benchmark --experiment {input.experiment} --scale {params.scale_file}"
         " --out {output} > {log} 2>&1"

@@ -1,10 +1,12 @@
 rule report:
     input:
-        scale=SCALE_FILE,
         experiments=[f"config/experiments/{e}.yaml" for e in EXPERIMENTS],
         claims=[f"results/{e}/claims.csv" for e in EXPERIMENTS],
         metrics=[f"results/{e}/metrics.csv" for e in EXPERIMENTS],
         figures=[f"results/{e}/figures" for e in EXPERIMENTS],
+    params:
+        scale_file=SCALE_FILE,
+        settings={"scale": SCALE["scale"], "seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         md="results/report.md",
         html=report("results/report.html", caption="../report/report.rst", category="Report"),
@@ -13,5 +15,5 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv"
     shell:
-        "flowrepro report --scale {input.scale} --experiments {input.experiments} --claims {input.claims}"
+        "flowrepro report --scale {params.scale_file} --experiments {input.experiments} --claims {input.claims}"
         " --metrics {input.metrics} --figures {input.figures} --out-md {output.md} --out-html {output.html} > {log} 2>&1"

@@ -1,8 +1,10 @@
 rule sample:
     input:
         experiment=experiment_file,
-        scale=SCALE_FILE,
         model="results/{experiment}/models/{dataset}/{model}.pt",
+    params:
+        scale_file=SCALE_FILE,
+        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         "results/{experiment}/samples/{dataset}/{model}.npz",
     resources:
@@ -10,11 +12,11 @@ rule sample:
         gpu=0 if config["scale"] == "tiny" else 1,
         runtime={"tiny": 10, "small": 30}.get(config["scale"], 120),  # minutes
         mem_mb={"tiny": 2000, "small": 4000}.get(config["scale"], 16000),
-    threads: 2
+    threads: JOB_THREADS
     log:
         "logs/sample/{experiment}/{dataset}/{model}.log",
     benchmark:
         "logs/benchmarks/sample/{experiment}/{dataset}/{model}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro sample --experiment {input.experiment} --scale {input.scale}"
+        "OMP_NUM_THREADS={threads} flowrepro sample --experiment {input.experiment} --scale {params.scale_file}"
         " --model-file {input.model} --out {output} > {log} 2>&1"

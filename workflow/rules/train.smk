@@ -3,7 +3,6 @@ def train_inputs(wildcards):
     base = f"results/{wildcards.experiment}"
     inputs = {
         "experiment": experiment_file(wildcards),
-        "scale": SCALE_FILE,
         "data": f"data/{wildcards.dataset}.npz",
     }
     if spec.get("coupling") == "reflow":
@@ -19,6 +18,8 @@ rule train:
     output:
         "results/{experiment}/models/{dataset}/{model}.pt",
     params:
+        scale_file=SCALE_FILE,
+        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
         pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
     resources:
@@ -26,13 +27,13 @@ rule train:
         gpu=0 if config["scale"] == "tiny" else 1,
         runtime={"tiny": 20, "small": 120}.get(config["scale"], 720),  # minutes
         mem_mb={"tiny": 2000, "small": 8000}.get(config["scale"], 32000),
-    threads: 2
+    threads: JOB_THREADS
     log:
         "logs/train/{experiment}/{dataset}/{model}.log",
     benchmark:
         "logs/benchmarks/train/{experiment}/{dataset}/{model}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro train --experiment {input.experiment} --scale {input.scale}"
+        "OMP_NUM_THREADS={threads} flowrepro train --experiment {input.experiment} --scale {params.scale_file}"
         " --dataset {wildcards.dataset} --model {wildcards.model} --data {input.data}"
         " {params.pairs} {params.init} --out {output} > {log} 2>&1"
 
@@ -40,7 +41,9 @@ rule train:
 rule reflow_pairs:
     input:
         model="results/{experiment}/models/{dataset}/{model}.pt",
-        scale=SCALE_FILE,
+    params:
+        scale_file=SCALE_FILE,
+        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         "results/{experiment}/pairs/{dataset}/{model}.npz",
     resources:
@@ -48,11 +51,11 @@ rule reflow_pairs:
         gpu=0 if config["scale"] == "tiny" else 1,
         runtime={"tiny": 10, "small": 60}.get(config["scale"], 240),  # minutes
         mem_mb={"tiny": 2000, "small": 8000}.get(config["scale"], 32000),
-    threads: 2
+    threads: JOB_THREADS
     log:
         "logs/reflow_pairs/{experiment}/{dataset}/{model}.log",
     benchmark:
         "logs/benchmarks/reflow_pairs/{experiment}/{dataset}/{model}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro reflow-pairs --scale {input.scale}"
+        "OMP_NUM_THREADS={threads} flowrepro reflow-pairs --scale {params.scale_file}"
         " --model-file {input.model} --out {output} > {log} 2>&1"

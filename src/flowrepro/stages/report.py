@@ -70,6 +70,7 @@ def _expand(paths: list[str]) -> list[Path]:
 def render_markdown(sections: list[dict], header: str) -> str:
     lines = ["# flowrepro results", "", header, "", "| experiment | claims |", "|---|---|"]
     lines += [f"| [{s['id']}](#{s['id']}) | {s['summary']} |" for s in sections]
+    lines += ["", "## All claims", "", claims_table(sections)]
     for s in sections:
         lines += ["", f"## {s['id']}", "", f"**{s['title']}**, {s['source']}", "",
                   f"Sampling/measurement wall time recorded: {s['wall_s']:.1f} s.", "", "### Claims", "",
@@ -85,6 +86,15 @@ def render_markdown(sections: list[dict], header: str) -> str:
                   if _has_tabulate() else s["metrics"].to_string(index=False), "", "### Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in s["figures"]]
     return "\n".join(lines) + "\n"
+
+
+def claims_table(sections: list[dict]) -> str:
+    """One markdown table of every claim (the README's results table is this, pasted)."""
+    lines = ["| experiment | claim | status | observed | threshold |", "|---|---|---|---|---|"]
+    for s in sections:
+        for _, c in s["claims"].iterrows():
+            lines.append(f"| {s['id']} | {c['claim_id']} | {c['status']} | {c['observed']} | {c['threshold']} |")
+    return "\n".join(lines)
 
 
 def render_html(sections: list[dict], header: str) -> str:

@@ -1,0 +1,281 @@
+"""Sampler experiments on the exact harness (kind: sampler): error vs counted NFE -> tidy CSV.
+
+Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/claims/paper_numbers):
+
+    harness: vp | flow      vp: diffusers schedulers (and ddim_ts, dopri5) on the VP diffusion of the
+                            mixture, model = exact eps; flow: ODE solvers (euler, midpoint, heun, rk4,
+                            euler_ts, dopri5) on the linear path, model = exact velocity.
+    datasets: [gmm2d, gmm16d]
+    nfe: [1, 2, ...]        NFE budgets; each sampler runs the most steps whose planned calls fit,
+                            records the COUNTED calls, and skips a budget that repeats a count.
+    schedules: [uniform]    default schedules (vp: uniform | karras | logsnr, as scheduler flags;
+                            flow: any SCHEDULES name, boss estimated per seed on its own batch)
+    samplers:               name -> options, all optional:
+        nfe: [...]          overrides the NFE grid;  schedules: [...] overrides the schedules
+        rtol: [...]         dopri5 tolerances (schedule column reads "rtol=<value>")
+        window: number      time-shift window (ddim_ts: training steps; euler_ts: fraction of a step)
+    metrics: [solver_error, w2, mmd]
+    distribution_nfe: [...] NFE values at which w2/mmd are computed (exact W2 costs; default all)
+    boss: {n_fine: 100, n_batch: 256}   BOSS estimation sizes
+
+Settings (the scale file's ``samplers:`` section, plus scale and seeds): n_samples (1000), n_eval
+(500 samples for w2/mmd), threads (1: the harness is many tiny ops; a second thread only contends).
+
+Metrics, per (dataset, sampler, schedule, counted nfe, seed): solver_error = mean_n ||x_n - x*_n|| with
+x* the probability-flow ODE endpoint of the same noise (dopri5, rtol 1e-8 in float64); w2 = exact W2
+(POT) to a fresh target sample; mmd = unbiased squared MMD, Gaussian kernel at the target's median
+distance. Rows with sampler=target are the floor: the same metric between two target samples.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NFE = [1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50]
+TARGETS = (0.1, 0.03, 0.01)
+
+
+def mmd_rbf(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 h^2)), h = median distance within y."""
+    import torch
+
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    dyy = torch.cdist(y, y)
+    h = float(dyy[dyy > 0].median())
+    k = lambda d: torch.exp(-d**2 / (2 * h * h))  # noqa: E731
+    n, m = len(x), len(y)
+    kxx, kyy = k(torch.cdist(x, x)), k(dyy)
+    return float((kxx.sum() - n) / (n * (n - 1)) + (kyy.sum() - m) / (m * (m - 1)) - 2 * k(torch.cdist(x, y)).mean())
+
+
+def _data_var(gmm) -> float:
+    """tr Cov(x1) / d of the mixture, exactly."""
+    mean = gmm.weights @ gmm.means
+    second = sum(w * (np.trace(c) + m @ m) for w, c, m in zip(gmm.weights, gmm.covs, gmm.means))
+    return float((second - mean @ mean) / gmm.dim)
+
+
+class _Case:
+    """One (dataset, seed): noise, exact model, target sample and cached ODE references."""
+
+    def __init__(self, name: str, seed: int, harness: str, n: int, n_eval: int) -> None:
+        import torch
+
+        from flowrepro.data.gmm import mixture
+        from flowrepro.samplers.diffusion import ExactMixture
+
+        self.gmm = mixture(name)
+        self.exact = ExactMixture(self.gmm)
+        gen = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn(n, self.gmm.dim, dtype=torch.float64, generator=gen)
+        self.boss_batch = torch.randn(256, self.gmm.dim, dtype=torch.float64, generator=gen)  # apart from eval noise
+        rng = np.random.default_rng(10_000 + seed)
+        self.target, self.target2 = self.gmm.sample(n_eval, rng), self.gmm.sample(n_eval, rng)
+        self.harness, self.data_var = harness, _data_var(self.gmm)
+        self._refs: dict[Any, Any] = {}
+        self.boss_grids: dict[int, np.ndarray] = {}
+
+    def reference(self, levels: tuple[float, float] | None):
+        from flowrepro.samplers.diffusion import reference_endpoint
+        from flowrepro.samplers.ode import integrate_dopri5
+
+        key = None if levels is None else (round(levels[0], 6), round(levels[1], 8))
+        if key not in self._refs:
+            if levels is None:  # flow: t = 0 -> 1
+                self._refs[key] = integrate_dopri5(self.exact.velocity, self.noise, rtol=1e-8, atol=1e-8)
+            else:
+                self._refs[key] = reference_endpoint(self.exact, self.noise, levels[0], [levels[1]])[levels[1]]
+        return self._refs[key]
+
+
+def _plan(harness: str, sampler: str, schedule: str, budget: int) -> tuple[int, int] | None:
+    """(steps, planned calls): the most steps whose planned model calls fit in ``budget`` (None: cannot)."""
+    from flowrepro.samplers import diffusion, ode
+
+    if harness == "flow":
+        per_step = ode.CALLS_PER_STEP.get(sampler, 1)
+        return (budget // per_step, budget // per_step * per_step) if budget >= per_step else None
+    if sampler == "ddim_ts":
+        return budget, budget
+    best = None
+    for steps in range(1, budget + 1):
+        try:
+            calls = diffusion.calls_for_steps(sampler, steps, schedule)
+        except Exception:  # noqa: BLE001  (e.g. PNDM's warm-up cannot do 1-2 steps)
+            continue
+        if calls <= budget:
+            best = (steps, calls)
+        elif best is not None:
+            break
+    return best
+
+
+def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int | None, options: dict):
+    """Returns (samples, counted nfe, reference endpoint)."""
+    import torch
+
+    from flowrepro.registry import SAMPLERS, SCHEDULES
+    from flowrepro.samplers.nfe import NFECounter
+
+    model = NFECounter(case.exact.velocity if harness == "flow" else case.exact.eps)
+    if sampler == "dopri5":
+        rtol = float(options["rtol"])
+        if harness == "flow":
+            x = SAMPLERS.get("dopri5")(model, case.noise, rtol=rtol, atol=rtol)
+            return x, model.calls, case.reference(None)
+        from torchdiffeq import odeint
+
+        from flowrepro.samplers.diffusion import make_scheduler, vp_alpha_sigma
+        model = NFECounter(case.exact.velocity)  # the PF-ODE in flow form needs the velocity, not eps
+        acp = float(make_scheduler("ddim").alphas_cumprod[-1])
+        s0 = ((1 - acp) / acp) ** 0.5
+        scale0 = sum(vp_alpha_sigma(s0))
+        grid = torch.tensor([1 / (1 + s0), 1.0], dtype=torch.float64)
+        with torch.no_grad():  # the VP PF-ODE in its flow form (see reference_endpoint)
+            x = odeint(lambda u, z: model(z, u), case.noise / scale0, grid, method="dopri5", rtol=rtol, atol=rtol)[-1]
+        return x, model.calls, case.reference((s0, 0.0))
+    if harness == "flow":
+        if schedule == "boss":
+            if steps not in case.boss_grids:
+                case.boss_grids.update(_boss(case, options))
+            times = case.boss_grids[steps]
+        else:
+            times = SCHEDULES.get(schedule)(steps)
+        extra = {"data_var": case.data_var, **{k: v for k, v in options.items() if k == "window"}}
+        x = SAMPLERS.get(sampler)(model, case.noise, times, **(extra if sampler.endswith("_ts") else {}))
+        return x, model.calls, case.reference(None)
+    if sampler == "ddim_ts":
+        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, case.data_var, **{k: v for k, v in options.items() if k == "window"})
+    else:
+        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule)
+    return x, model.calls, case.reference(levels)
+
+
+def _boss(case: _Case, options: dict) -> dict[int, np.ndarray]:
+    from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
+
+    fine, cost = bellman_costs(case.exact.velocity, case.boss_batch, int(options.get("n_fine", 100)))
+    return bellman_schedules(fine, cost, 50)
+
+
+def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> None:
+    """Run every (dataset, seed, sampler, schedule, NFE) of ``experiment``; write the tidy table."""
+    import warnings
+
+    import torch
+
+    from flowrepro.io import write_table
+    from flowrepro.metrics.wasserstein import exact_w2
+    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    harness = experiment.get("harness", "vp")
+    if harness == "vp":
+        import diffusers.utils.logging as dlog
+        dlog.set_verbosity_error()  # scheduler config notices, once per scheduler build
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(settings.get("threads", 1)))
+    metrics = experiment.get("metrics", ["solver_error", "w2", "mmd"])
+    dist_nfe = set(experiment.get("distribution_nfe", [])) or None
+    n, n_eval = int(settings.get("n_samples", 1000)), int(settings.get("n_eval", 500))
+    base = {"experiment": experiment["id"], "method": "exact", "optimizer": "", "scale": settings.get("scale", "")}
+    rows: list[dict[str, Any]] = []
+    try:
+        for dataset in experiment.get("datasets", ["gmm2d"]):
+            for seed in settings.get("seeds", [0]):
+                case = _Case(dataset, seed, harness, n, n_eval)
+                for metric, fn in (("w2", exact_w2), ("mmd", mmd_rbf)):
+                    if metric in metrics:
+                        rows.append({**base, "dataset": dataset, "sampler": "target", "schedule": "", "nfe": 0,
+                                     "seed": seed, "metric": metric, "value": fn(case.target2, case.target), "wall_s": 0.0})
+                for sampler, options in experiment["samplers"].items():
+                    options = options or {}
+                    settings_list = ([("rtol=%g" % r, None, {**options, "rtol": r}) for r in options.get("rtol", [1e-3])]
+                                     if sampler == "dopri5" else
+                                     [(sch, b, options) for sch in options.get("schedules", experiment.get("schedules", ["uniform"]))
+                                      for b in options.get("nfe", experiment.get("nfe", DEFAULT_NFE))])
+                    done: set[tuple[str, int]] = set()
+                    for schedule, budget, opts in settings_list:
+                        plan = None if budget is None else _plan(harness, sampler, schedule, budget)
+                        if budget is not None and (plan is None or (schedule, plan[1]) in done):
+                            continue  # cannot fit, or repeats a count already measured
+                        steps = None if plan is None else plan[0]
+                        start = time.perf_counter()
+                        try:
+                            x, nfe, ref = _run_once(case, harness, sampler, schedule, steps, opts)
+                        except Exception as error:  # noqa: BLE001  (a scheduler that cannot take this setting)
+                            print(f"skip {dataset} {sampler} {schedule} nfe<={budget}: {type(error).__name__}: {error}")
+                            continue
+                        wall = time.perf_counter() - start
+                        if (schedule, nfe) in done:
+                            continue
+                        done.add((schedule, nfe))
+                        row = {**base, "dataset": dataset, "sampler": sampler, "schedule": schedule, "nfe": nfe,
+                               "seed": seed, "wall_s": round(wall, 5)}
+                        x64 = x.to(torch.float64)
+                        if "solver_error" in metrics:
+                            rows.append({**row, "metric": "solver_error", "value": float((x64 - ref.to(torch.float64)).norm(dim=-1).mean())})
+                        if dist_nfe is None or nfe in dist_nfe or sampler == "dopri5":
+                            sample = x64[:n_eval].numpy()
+                            if "w2" in metrics:
+                                rows.append({**row, "metric": "w2", "value": exact_w2(sample, case.target)})
+                            if "mmd" in metrics:
+                                rows.append({**row, "metric": "mmd", "value": mmd_rbf(sample, case.target)})
+    finally:
+        torch.set_num_threads(threads)
+    write_table(out_csv, rows)
+
+
+def plot_sampler_experiment(metrics_csv: str, out_dir: str) -> list[str]:
+    """solver_error (and w2) vs NFE, log-log: colour = sampler, line style = time grid; NFE-to-target table.
+
+    The table gives, per dataset and sampler(/schedule), the least counted NFE whose seed-mean
+    solver_error is at or below each target in TARGETS (blank: never reached on the grid).
+    """
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from flowrepro.io import atomic_path, read_table, write_text
+
+    frame = read_table(metrics_csv)
+    frame = frame[frame["sampler"] != "target"].copy()
+    frame["schedule"] = frame["schedule"].fillna("").astype(str)
+    frame["line"] = np.where(frame["schedule"].isin(["uniform", ""]) | frame["schedule"].str.startswith("rtol"),
+                             frame["sampler"], frame["sampler"] + "/" + frame["schedule"])
+    frame["grid"] = np.where(frame["schedule"].str.startswith("rtol"), "adaptive", frame["schedule"])
+    out, written = Path(out_dir), []
+    out.mkdir(parents=True, exist_ok=True)
+    for metric in ("solver_error", "w2"):
+        part = frame[frame["metric"] == metric]
+        if part.empty:
+            continue
+        grid = sns.relplot(data=part, x="nfe", y="value", hue="sampler", style="grid", col="dataset", kind="line",
+                           markers=True, dashes=True, errorbar=None, facet_kws={"sharey": False}, height=3.6)
+        grid.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=metric)
+        for ext in ("png", "pdf"):
+            path = out / f"{metric}_vs_nfe.{ext}"
+            with atomic_path(path) as tmp:
+                grid.savefig(tmp, format=ext, dpi=120)
+            written.append(str(path))
+        plt.close(grid.figure)
+    errors = frame[frame["metric"] == "solver_error"]
+    mean = errors.groupby(["dataset", "line", "nfe"], as_index=False)["value"].mean()
+    table = []
+    for (dataset, line), group in mean.groupby(["dataset", "line"]):
+        entry = {"dataset": dataset, "sampler": line}
+        for target in TARGETS:
+            hit = group[group["value"] <= target]["nfe"]
+            entry[f"nfe_to_{target:g}"] = int(hit.min()) if len(hit) else ""
+        table.append(entry)
+    import pandas as pd
+
+    path = out / "nfe_to_target.csv"
+    write_text(path, pd.DataFrame(table).to_csv(index=False))
+    written.append(str(path))
+    return written

@@ -1,0 +1,173 @@
+"""The exact sampler harness: closed-form models, diffusers adapter, NFE counts, schedules."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flowrepro.data.gmm import mixture  # noqa: E402
+from flowrepro.samplers import diffusion as D  # noqa: E402
+from flowrepro.samplers.nfe import NFECounter  # noqa: E402
+from flowrepro.samplers.ode import integrate_dopri5, integrate_fixed  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # diffusers' own
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many tiny ops: one thread is faster and deterministic
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gmm2d():
+    gmm = mixture("gmm2d")
+    return gmm, D.ExactMixture(gmm)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def _err(x, y) -> float:
+    return float((x - y).norm(dim=-1).mean())
+
+
+def test_exact_mixture_matches_gmm_module(gmm2d, noise):
+    gmm, exact = gmm2d
+    for t in (0.0, 0.3, 0.9, 1.0):
+        tt = torch.full((len(noise),), t, dtype=torch.float64)
+        assert torch.allclose(exact.velocity(2 * noise, tt), gmm.velocity(2 * noise, tt), atol=1e-10)
+    for s in (0.05, 1.0, 50.0):
+        assert torch.allclose(exact.eps(noise, s), D.exact_eps(gmm, noise, s), atol=1e-10)
+
+
+def test_vp_eps_matches_monte_carlo(gmm2d):
+    """eps*(x) = (x - alpha E[x1 | x]) / sigma; E[x1 | x] by self-normalised sampling of x1 ~ p_data."""
+    gmm, exact = gmm2d
+    x1 = torch.as_tensor(gmm.sample(400_000, np.random.default_rng(1)), dtype=torch.float64)
+    for s in (0.7, 1.5):
+        alpha, sigma = D.vp_alpha_sigma(s)
+        x = torch.tensor([[1.0, 0.5], [-2.0, 1.0], [0.0, -2.5]], dtype=torch.float64)
+        logw = -((x[:, None, :] - alpha * x1[None]) ** 2).sum(-1) / (2 * sigma**2)
+        w = torch.softmax(logw, dim=1)
+        mc = (x - alpha * (w @ x1)) / sigma
+        assert torch.allclose(exact.eps(x, s), mc, atol=0.02), (exact.eps(x, s), mc)
+
+
+@pytest.mark.parametrize("method, order, steps", [("euler", 1, (64, 128)), ("heun", 2, (32, 64)), ("rk4", 4, (16, 32))])
+def test_observed_convergence_order(gmm2d, noise, method, order, steps):
+    _, exact = gmm2d
+    ref = integrate_dopri5(exact.velocity, noise, rtol=1e-11, atol=1e-11)
+    errors = [_err(integrate_fixed(exact.velocity, noise, np.linspace(0, 1, k + 1), method), ref) for k in steps]
+    observed = math.log(errors[0] / errors[1]) / math.log(steps[1] / steps[0])
+    assert abs(observed - order) < 0.3, (method, errors, observed)
+
+
+def test_ddim_and_euler_discrete_agree(gmm2d, noise):
+    _, exact = gmm2d
+    for steps in (5, 10, 20):
+        a, _ = D.run_scheduler(exact.eps, noise, "ddim", steps)
+        b, _ = D.run_scheduler(exact.eps, noise, "euler_discrete", steps)
+        # same ODE step; diffusers keeps sigmas in float32, so agreement is to ~1e-5 of |x| ~ 3,
+        # four orders below the solver error itself (0.1 at 10 steps)
+        assert float((a - b).abs().max()) < 5e-5, steps
+
+
+def test_time_shift_with_zero_window_is_ddim(gmm2d, noise):
+    from flowrepro.samplers.time_shift import ddim_time_shift
+
+    _, exact = gmm2d
+    a, _ = D.run_scheduler(exact.eps, noise, "ddim", 10)
+    b, _ = ddim_time_shift(exact.eps, noise, 10, data_var=1.0, window=0)
+    assert float((a - b).abs().max()) < 1e-5
+
+
+def test_nfe_counts_are_real_calls(gmm2d, noise):
+    _, exact = gmm2d
+    model = NFECounter(exact.eps)
+    for steps, calls in ((5, 14), (10, 19)):  # PNDM: Runge-Kutta warm-up, DESIGN.md
+        D.run_scheduler(model, noise, "pndm", steps)
+        assert model.reset() == calls
+    for steps in (3, 10):  # Heun: 2K - 1
+        D.run_scheduler(model, noise, "heun_discrete", steps)
+        assert model.reset() == 2 * steps - 1
+    D.run_scheduler(model, noise, "dpmsolver++2m", 7)
+    assert model.reset() == 7
+
+
+def test_dpmsolver2_error_falls_with_nfe(gmm2d, noise):
+    _, exact = gmm2d
+    ref = D.reference_endpoint(exact, noise, _first_level(), [0.0])[0.0]
+    errors = [_err(D.run_scheduler(exact.eps, noise, "dpmsolver++2m", k)[0], ref) for k in (5, 10, 20, 50)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.02
+
+
+def _first_level() -> float:
+    scheduler = D.make_scheduler("ddim")
+    acp = float(scheduler.alphas_cumprod[-1])
+    return math.sqrt((1 - acp) / acp)
+
+
+def test_reference_starts_where_schedulers_start(gmm2d, noise):
+    _, exact = gmm2d
+    _, (first, final) = D.run_scheduler(exact.eps, noise, "dpmsolver++2m", 4)
+    assert first == pytest.approx(_first_level(), rel=1e-5) and final == 0.0
+
+
+def test_bellman_schedule_beats_uniform():
+    """On the 16-d mixture BOSS beats uniform Euler steps at K = 4 and 10; on any target its summed
+    local cost is at most uniform's whenever uniform lies on the fine grid (DP optimality)."""
+    from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
+
+    gmm = mixture("gmm16d")
+    exact = D.ExactMixture(gmm)
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(128, gmm.dim, dtype=torch.float64, generator=gen)
+    x = torch.randn(200, gmm.dim, dtype=torch.float64, generator=gen)
+    fine, cost = bellman_costs(exact.velocity, batch, n_fine=40, substeps=2)
+    grids = bellman_schedules(fine, cost, 10)
+    ref = integrate_dopri5(exact.velocity, x, rtol=1e-8, atol=1e-8)
+    for k in (4, 10):
+        uniform = np.linspace(0, 1, k + 1)
+        idx = np.rint(uniform * 40).astype(int)
+        boss_cost = sum(cost[int(round(a * 40)), int(round(b * 40))] for a, b in zip(grids[k][:-1], grids[k][1:]))
+        assert boss_cost <= sum(cost[i, j] for i, j in zip(idx[:-1], idx[1:])) + 1e-12
+        e_boss = _err(integrate_fixed(exact.velocity, x, grids[k], "euler"), ref)
+        e_uni = _err(integrate_fixed(exact.velocity, x, uniform, "euler"), ref)
+        assert e_boss < e_uni, (k, e_boss, e_uni)
+
+
+def test_schedules_are_valid_grids():
+    from flowrepro.samplers.schedules_extra import karras, logsnr
+
+    for fn in (karras, logsnr):
+        for k in (1, 2, 5, 20):
+            grid = fn(k)
+            assert len(grid) == k + 1 and grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0)
+
+
+def test_experiment_writes_tidy_rows_with_counted_nfe(tmp_path):
+    from flowrepro.io import TIDY_COLUMNS, read_table
+    from flowrepro.samplers.experiment import plot_sampler_experiment, run_sampler_experiment
+
+    experiment = {"id": "smoke", "harness": "vp", "datasets": ["gmm2d"], "nfe": [2, 5, 15],
+                  "samplers": {"ddim": {}, "pndm": {}, "heun_discrete": {}}, "metrics": ["solver_error", "mmd"]}
+    out = tmp_path / "metrics.csv"
+    run_sampler_experiment(experiment, {"scale": "test", "seeds": [0], "n_samples": 64, "n_eval": 64}, str(out))
+    table = read_table(out)
+    assert list(table.columns) == TIDY_COLUMNS
+    runs = table[table["metric"] == "solver_error"]
+    assert sorted(runs[runs["sampler"] == "pndm"]["nfe"]) == [15]  # K steps = K + 9 real calls; fewer than 14 cannot run
+    assert sorted(runs[runs["sampler"] == "heun_discrete"]["nfe"]) == [1, 5, 15]  # the most K with 2K - 1 <= budget: K = 1, 3, 8
+    files = plot_sampler_experiment(str(out), str(tmp_path / "figures"))
+    assert any(f.endswith(".pdf") for f in files) and any(f.endswith("nfe_to_target.csv") for f in files)
