@@ -8,7 +8,7 @@ import numpy as np
 from flowrepro import io
 
 
-def _save(fig, out_png: str) -> None:
+def save_figure(fig, out_png: str) -> None:
     for path in (out_png, out_png.removesuffix(".png") + ".pdf"):
         with io.atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.rsplit(".", 1)[1], dpi=120, bbox_inches="tight")
@@ -28,7 +28,7 @@ def w2_vs_nfe(table, out_png: str) -> None:
         ax.axhline(floor.mean(), color="grey", ls=":", label="data vs data (floor)")
     ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel="exact W2 to test set")
     ax.legend(fontsize=7)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     plt.close(fig)
 
 
@@ -50,7 +50,7 @@ def samples(sample_files: list[str], data_file: str, out_png: str) -> None:
             axes[column].scatter(x[:, 0], x[:, 1], s=1)
             axes[column].set_title(f"{index['model']}, Euler NFE={run['nfe']}", fontsize=9)
             column += 1
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     plt.close(fig)
 
 
@@ -68,5 +68,5 @@ def trajectories(sample_files: list[str], out_png: str, n_paths: int = 60) -> No
         ax.scatter(paths[0, :, 0], paths[0, :, 1], s=4, c="k")
         ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=8, c="tab:red", marker="x")
         ax.set_title(index["model"])
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     plt.close(fig)

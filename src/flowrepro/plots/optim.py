@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from flowrepro import io
-from flowrepro.plots.flow import _save
+from flowrepro.plots.flow import save_figure
 
 
 def plot_optimizer_experiment(metrics_csv: str, out_dir: str) -> list[str]:
@@ -31,7 +31,7 @@ def plot_optimizer_experiment(metrics_csv: str, out_dir: str) -> list[str]:
             if metric.endswith("loss") and (rows["value"] > 0).all():
                 ax.set_yscale("log")
         target = str(Path(out_dir) / f"curves_{dataset}.png")
-        _save(fig, target)
+        save_figure(fig, target)
         plt.close(fig)
         written.append(target)
 
@@ -43,7 +43,7 @@ def plot_optimizer_experiment(metrics_csv: str, out_dir: str) -> list[str]:
                            errorbar="sd", facet_kws={"sharey": False}, height=3.2, col_wrap=min(3, sweeps["dataset"].nunique()))
         grid.set(xscale="log")
         target = str(Path(out_dir) / "lr_sensitivity.png")
-        _save(grid.figure, target)
+        save_figure(grid.figure, target)
         plt.close(grid.figure)
         written.append(target)
 
@@ -55,7 +55,7 @@ def plot_optimizer_experiment(metrics_csv: str, out_dir: str) -> list[str]:
         sns.lineplot(data=profile, x="tau", y="value", hue="method", drawstyle="steps-post", ax=ax)
         ax.set(xscale="log", xlabel="tau (times the best time to target)", ylabel="fraction of problems solved")
         target = str(Path(out_dir) / "performance_profile.png")
-        _save(fig, target)
+        save_figure(fig, target)
         plt.close(fig)
         written.append(target)
     return written

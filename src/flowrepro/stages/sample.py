@@ -34,7 +34,8 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str) -> Non
     load_plugins(experiment.get("plugins", []))
     settings, device = scale["flow2d"], pick_device(scale.get("device", "auto"))
     info, models = load_models(model_file, device)
-    arrays: dict[str, np.ndarray] = {}
+    times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)  # the straightness grid
+    arrays: dict[str, np.ndarray] = {"trajectory_times": times}
     runs = []
     for seed, model in models.items():
         counter = NFECounter(model)
@@ -58,10 +59,8 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str) -> Non
                 arrays[key] = x.cpu().numpy()
                 runs.append({"key": key, "sampler": sampler, "schedule": schedule, "setting": setting,
                              "seed": seed, "nfe": nfe, "wall_s": wall})
-        times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)
         _, trajectory = ode.integrate_fixed(model, x0, times, "euler", return_trajectory=True)
         arrays[f"trajectory/seed{seed}"] = trajectory.cpu().numpy()
-        arrays["trajectory_times"] = times
     arrays["runs"] = np.array(json.dumps({"model": info["model"], "dataset": info["dataset"], "runs": runs}))
     io.save_npz(out, **arrays)
     print(f"sample: wrote {out} ({len(runs)} runs)")

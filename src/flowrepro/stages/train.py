@@ -35,7 +35,6 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
     spec = experiment["models"][model_name]
     settings = scale["flow2d"]
     device = pick_device(scale.get("device", "auto"))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config = TrainConfig(steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
                          checkpoint_every=settings["checkpoint_every"], optimizer=spec.get("optimizer", "adamw"),
                          time_density=spec.get("time_density", "uniform"), loss=spec.get("loss", "mse"))
