@@ -91,7 +91,7 @@ def metric_values(path: Path) -> pd.Series:
 
 
 @pytest.mark.slow
-def test_slurm_run_matches_local_run(slurm_cluster, tmp_path):
+def test_slurm_run_matches_local_run(slurm_cluster, tmp_path, capsys):
     local = workflow_copy_fast(tmp_path / "local")
     rc, log = snakemake(local, TARGET, "--cores", "2", *CONFIG)
     assert rc == 0, log[-3000:]
@@ -102,7 +102,8 @@ def test_slurm_run_matches_local_run(slurm_cluster, tmp_path):
     job_ids = JOB_ID.findall(log)
     # acquire, train rf1, reflow_pairs, train rf2, sample x2, evaluate, claims: one sbatch each.
     assert len(set(job_ids)) == 8, log[-3000:]
-    print("SLURM job ids:", " ".join(job_ids))
+    with capsys.disabled():  # into the CI log, not pytest's capture
+        print("\nSLURM job ids:", " ".join(job_ids))
 
     ours, theirs = cluster / "results/rectified_flow", local / "results/rectified_flow"
     claims, expected = pd.read_csv(ours / "claims.csv"), pd.read_csv(theirs / "claims.csv")
