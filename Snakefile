@@ -3,6 +3,7 @@
 from snakemake.utils import min_version, validate
 
 from flowrepro.config import load_experiment, load_scale
+from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 
 min_version("8.0")
 

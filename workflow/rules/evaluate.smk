@@ -37,7 +37,7 @@ rule evaluate:
 
 
 def benchmark_settings(wildcards):
-    section = {"optimizer": "optimizers", "sampler": "samplers"}[EXPERIMENTS[wildcards.experiment]["kind"]]
+    section = BENCHMARK_KINDS[EXPERIMENTS[wildcards.experiment]["kind"]][3]  # the runner's scale section
     return {"seeds": SCALE["seeds"], **SCALE.get(section, {})}
 
 
