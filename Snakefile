@@ -1,8 +1,10 @@
 # flowrepro: acquire -> train -> sample -> evaluate -> claims -> figures -> report.
 # Rules only wire paths; every job calls one `flowrepro <stage>` command.
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
-from flowrepro.config import load_experiment, load_scale
+from flowrepro.config import IMAGE_DATASETS, flow_settings, load_experiment, load_scale, model_key, shared_models
 from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 
 min_version("8.0")
@@ -15,9 +17,18 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 SCALE_FILE = f"config/scales/{config['scale']}.yaml"
 SCALE = load_scale(SCALE_FILE)
-EXPERIMENTS = {name: load_experiment(f"config/experiments/{name}.yaml") for name in config["experiments"]}
+
+
+def experiment_path(entry):
+    """An `experiments:` entry is a name (config/experiments/<name>.yaml) or a path to a YAML file."""
+    return entry if entry.endswith((".yaml", ".yml")) else f"config/experiments/{entry}.yaml"
+
+
+EXPERIMENT_FILES = {Path(experiment_path(e)).stem: experiment_path(e) for e in config["experiments"]}  # id -> file
+EXPERIMENTS = {name: load_experiment(path) for name, path in EXPERIMENT_FILES.items()}
 FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
 BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
+MODEL_OWNERS = shared_models(FLOW)  # model key -> the first experiment/model/dataset defining it
 
 
 # Tiny models are overhead-bound: one thread per job, two jobs side by side, beats two threads
@@ -31,7 +42,7 @@ def one_of(names):
 
 
 def experiment_file(wildcards):
-    return f"config/experiments/{wildcards.experiment}.yaml"
+    return EXPERIMENT_FILES[wildcards.experiment]
 
 
 include: "workflow/rules/data.smk"

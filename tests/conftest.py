@@ -25,15 +25,22 @@ def workflow_copy(tmp_path):
     return copy_workflow(tmp_path / "wf")
 
 
+def shrink_scale(scale: dict, flow2d_steps: int = 60) -> dict:
+    """Shrink a tiny scale further for tests: one seed, seconds per job, same code paths."""
+    scale["seeds"] = [0]
+    scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=flow2d_steps, batch_size=64,
+                           checkpoint_every=20, reflow_pairs=500, pair_steps=5, n_eval=200, trajectory_steps=10)
+    scale["flow_images"].update(channels=[8, 16], steps=20, batch_size=16, checkpoint_every=10, reflow_pairs=100,
+                                pair_steps=2, n_eval=100, trajectory_steps=4)
+    return scale
+
+
 @pytest.fixture
 def tiny_scale(tmp_path):
     """A scale file small enough for unit tests (seconds)."""
     import yaml
 
-    scale = yaml.safe_load((REPO / "config/scales/tiny.yaml").read_text())
-    scale["seeds"] = [0]
-    scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=60, batch_size=64,
-                           checkpoint_every=20, reflow_pairs=500, pair_steps=5, n_eval=200, trajectory_steps=10)
+    scale = shrink_scale(yaml.safe_load((REPO / "config/scales/tiny.yaml").read_text()))
     path = tmp_path / "scale.yaml"
     path.write_text(yaml.safe_dump(scale))
     return path

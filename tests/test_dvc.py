@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow
+from conftest import REPO, copy_workflow, shrink_scale
 from flowrepro import cache
 
 EXPERIMENT = "rectified_flow"
@@ -51,10 +51,7 @@ def published(tmp_path_factory):
     shutil.copy2(REPO / ".gitignore", origin / ".gitignore")
     (origin / "config/config.yaml").write_text(yaml.safe_dump({"scale": "tiny", "experiments": [EXPERIMENT]}))
     scale_file = origin / "config/scales/tiny.yaml"
-    scale = yaml.safe_load(scale_file.read_text())
-    scale["seeds"] = [0]
-    scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=60, batch_size=64,
-                           checkpoint_every=20, reflow_pairs=500, pair_steps=5, n_eval=200, trajectory_steps=10)
+    scale = shrink_scale(yaml.safe_load(scale_file.read_text()))
     scale_file.write_text(yaml.safe_dump(scale))
     remote = base / "remote"
     sh("git", "init", "-q", cwd=origin)
@@ -66,7 +63,8 @@ def published(tmp_path_factory):
 
     sh("snakemake", "--cores", "2", cwd=origin)
     pointers = cache.push(root=origin)
-    assert pointers == ["data.dvc", f"results/{EXPERIMENT}.dvc", "results/report.md.dvc", "results/report.html.dvc"]
+    assert pointers == ["data.dvc", f"results/{EXPERIMENT}.dvc", "results/models.dvc", "results/classifiers.dvc",
+                        "results/report.md.dvc", "results/report.html.dvc"]
     sh("git", "add", *pointers, ".gitignore", cwd=origin)
     status = sh("git", "status", "--porcelain", cwd=origin).stdout
     assert all(line.startswith("A ") for line in status.splitlines()), status
@@ -93,14 +91,13 @@ def test_pull_in_fresh_clone_needs_no_recompute_and_is_identical(published):
     now = time.time()
     for rank, path in enumerate(["results/report.html", "results/report.md", f"results/{EXPERIMENT}/claims.csv",
                                  f"results/{EXPERIMENT}/metrics.csv", f"results/{EXPERIMENT}/figures",
-                                 f"results/{EXPERIMENT}/samples", f"results/{EXPERIMENT}/pairs",
-                                 f"results/{EXPERIMENT}/models", "data"]):
+                                 f"results/{EXPERIMENT}/samples", "results/classifiers", "results/models", "data"]):
         for entry in [clone / path, *(clone / path).rglob("*")]:
             os.utime(entry, (now - 1000 + 10 * rank,) * 2)
     assert JOBS_OF_EXPERIMENT | {"report"} <= set(planned_jobs(clone))
 
     # The fix: one common mtime for everything pulled; .snakemake has no records in a fresh clone.
-    assert cache.mark_up_to_date(cache.tracked_paths([EXPERIMENT]), root=clone) > 10
+    assert cache.mark_up_to_date(cache.tracked_paths([EXPERIMENT], shared=lambda p: (clone / p).exists()), root=clone) > 10
     assert not (clone / ".snakemake/metadata").exists() or not any((clone / ".snakemake/metadata").iterdir())
     assert planned_jobs(clone) == {}
 
@@ -127,7 +124,7 @@ def test_pull_in_fresh_clone_needs_no_recompute_and_is_identical(published):
 def test_pull_one_experiment_without_report_reruns_only_the_report(published):
     clone = fresh_clone(published, "clone_experiment")
     paths = cache.pull([EXPERIMENT], root=clone)
-    assert paths == ["data", f"results/{EXPERIMENT}"]
+    assert paths == ["data", f"results/{EXPERIMENT}", "results/models", "results/classifiers"]
     assert not (clone / "results/report.md").exists()
     assert planned_jobs(clone) == {"report": 1, "all": 1}
 
@@ -139,7 +136,7 @@ def test_pull_data_only_recomputes_the_experiment_but_not_acquire(published):
     assert cache.pull([], root=clone) == ["data"]
     assert (clone / "data/moons.npz").exists() and not (clone / "results" / EXPERIMENT).exists()
     jobs = planned_jobs(clone)
-    assert set(jobs) == JOBS_OF_EXPERIMENT | {"report", "all"}, jobs
+    assert set(jobs) == JOBS_OF_EXPERIMENT | {"classifier", "report", "all"}, jobs
 
 
 @pytest.mark.slow
@@ -166,7 +163,7 @@ def test_corrupted_remote_file_is_detected_and_never_used(published):
     assert not (clone / ".dvc/cache/files/md5" / victim.parent.name / victim.name).exists(), oid
     workspace = [p for p in (clone / "results").rglob("*") if p.is_file()]
     assert all(p.read_bytes() != bytes(flipped) for p in workspace)
-    assert not (clone / "results" / EXPERIMENT).exists()
+    assert not all((clone / p).exists() for p in (f"results/{EXPERIMENT}", *cache.SHARED))  # the pull stopped short
     # ... so Snakemake recomputes that experiment (the intact data was pulled and is kept).
     jobs = planned_jobs(clone)
     assert JOBS_OF_EXPERIMENT <= set(jobs) and "acquire" not in jobs, jobs

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from flowrepro.generative import couplings, losses
-from flowrepro.generative.paths import LinearPath, VPPath, build_path
+from flowrepro.generative.paths import GammaInterpolant, LinearPath, TrigPath, VPPath, build_path
 
 
-@pytest.mark.parametrize("path", [LinearPath(), LinearPath(sigma_min=0.1), VPPath()])
+@pytest.mark.parametrize("path", [LinearPath(), LinearPath(sigma_min=0.1), VPPath(), TrigPath(),
+                                  GammaInterpolant(LinearPath(), 0.5), GammaInterpolant(TrigPath(), 1.0)])
 def test_conditional_velocity_is_the_time_derivative_of_the_path(path):
     torch.manual_seed(0)
     x0, x1 = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
@@ -32,7 +33,8 @@ def test_path_endpoints():
 def test_build_path_reads_options():
     assert build_path({"path": "linear", "sigma_min": 1e-4}) == LinearPath(1e-4)
     assert isinstance(build_path({"path": "vp"}), VPPath)
-    with pytest.raises(KeyError, match="known: linear, vp"):
+    assert build_path({"path": "trig", "gamma": 0.5}) == GammaInterpolant(TrigPath(), 0.5)
+    with pytest.raises(KeyError, match="known: linear, trig, vp"):
         build_path({"path": "cosine"})
 
 
@@ -66,3 +68,39 @@ def test_pseudo_huber_is_quadratic_near_zero_and_linear_far():
     tiny = torch.full((4, 2), 1e-5)
     c = 0.00054 * math.sqrt(2)
     assert losses.pseudo_huber(tiny, zero).item() == pytest.approx(2e-10 / (2 * c), rel=1e-2)
+
+
+def test_gamma_interpolant_has_the_latent_noise_marginal():
+    """x_t = a x0 + b x1 + gamma z with independent Gaussians has the variance of the affine form."""
+    torch.manual_seed(0)
+    x0, x1, z = torch.randn(200_000, 1), torch.full((200_000, 1), 2.0), torch.randn(200_000, 1)
+    t = torch.full((200_000,), 0.3)
+    base, path = TrigPath(), GammaInterpolant(TrigPath(), 0.8)
+    explicit = base.sample(x0, x1, t) + (0.8 * 0.3 * 0.7) ** 0.5 * z
+    folded = path.sample(x0, x1, t)
+    assert explicit.mean().item() == pytest.approx(folded.mean().item(), abs=0.01)
+    assert explicit.std().item() == pytest.approx(folded.std().item(), rel=0.01)
+
+
+@pytest.mark.parametrize("path", [LinearPath(), VPPath(), TrigPath(), GammaInterpolant(LinearPath(), 0.5)])
+def test_parameterisation_conversions_round_trip(path):
+    from flowrepro.generative.parameterization import epsilon_to_velocity, velocity_to_epsilon
+
+    torch.manual_seed(0)
+    x, eps = torch.randn(32, 2, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    t = torch.rand(32, dtype=torch.float64) * 0.8 + 0.1
+    torch.testing.assert_close(velocity_to_epsilon(path, x, t, epsilon_to_velocity(path, x, t, eps)), eps)
+
+
+def test_epsilon_conversion_gives_the_exact_gaussian_velocity_and_score():
+    """Data N(m, s^2): E[x0 | x_t] and the marginal velocity/score are known in closed form."""
+    from flowrepro.generative.parameterization import epsilon_to_score, epsilon_to_velocity
+
+    m, s, path = 1.5, 0.5, LinearPath()
+    x, t = torch.linspace(-2, 3, 11, dtype=torch.float64)[:, None], torch.full((11,), 0.4, dtype=torch.float64)
+    a, b = 1 - t[:, None], t[:, None]
+    var = a**2 + (b * s) ** 2
+    eps = a * (x - b * m) / var  # E[x0 | x_t = x]
+    torch.testing.assert_close(epsilon_to_score(path, x, t, eps), -(x - b * m) / var)
+    # velocity: d/dt of the mean plus the variance's share: v = m + (b s^2 - a) (x - b m) / var
+    torch.testing.assert_close(epsilon_to_velocity(path, x, t, eps), m + (b * s * s - a) * (x - b * m) / var)

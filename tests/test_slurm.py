@@ -13,13 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import copy_workflow
+from conftest import REPO, copy_workflow, shrink_scale
+from flowrepro.config import load_experiment, model_key
 
 PROFILE = "workflow/profiles/slurm"
 # The tiny workflow, one experiment (--config takes several values: keep it last), up to its claims: every stage that runs on the cluster.
 CONFIG = ["--config", "experiments=[rectified_flow]"]
 TARGET = "results/rectified_flow/claims.csv"
-MODELS = ["results/rectified_flow/models/moons/rf1.pt", "results/rectified_flow/models/moons/rf2.pt"]
+_RF = load_experiment(REPO / "config/experiments/rectified_flow.yaml")
+MODELS = [f"results/models/moons/{model_key(_RF, name, 'moons')}.pt" for name in ("rf1", "rf2")]
 # Test-cluster settings on top of the profile: no accounting (squeue for status, no account),
 # a local filesystem (short latency-wait), short polling so the tiny jobs finish quickly.
 SLURM_ARGS = ["--profile", PROFILE, "--slurm-status-command", "squeue", "--slurm-no-account",
@@ -60,11 +62,7 @@ def workflow_copy_fast(target: Path) -> Path:
 
     wf = copy_workflow(target)
     scale_file = wf / "config/scales/tiny.yaml"
-    scale = yaml.safe_load(scale_file.read_text())
-    scale["seeds"] = [0]
-    scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=100, batch_size=64,
-                           checkpoint_every=50, reflow_pairs=500, pair_steps=5, n_eval=200,
-                           trajectory_steps=10)
+    scale = shrink_scale(yaml.safe_load(scale_file.read_text()), flow2d_steps=100)
     scale_file.write_text(yaml.safe_dump(scale))
     return wf
 
@@ -100,8 +98,9 @@ def test_slurm_run_matches_local_run(slurm_cluster, tmp_path, capsys):
     rc, log = snakemake(cluster, TARGET, *SLURM_ARGS, *CONFIG)
     assert rc == 0, log[-3000:]
     job_ids = JOB_ID.findall(log)
-    # acquire, train rf1, reflow_pairs, train rf2, sample x2, evaluate, claims: one sbatch each.
-    assert len(set(job_ids)) == 8, log[-3000:]
+    # Per dataset (moons, digits): acquire, train rf1, reflow_pairs, train rf2, sample x2; the digits
+    # classifier; evaluate, claims: one sbatch each.
+    assert len(set(job_ids)) == 15, log[-3000:]
     with capsys.disabled():  # into the CI log, not pytest's capture
         print("\nSLURM job ids:", " ".join(job_ids))
 

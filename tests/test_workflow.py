@@ -21,16 +21,22 @@ def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
     assert (dopri["value"] >= 6).all()  # counted from real calls, not assumed
 
     claims = pd.read_csv(results / "rectified_flow/claims.csv")
-    assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better"}
+    assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better", "reflow_straightens_digits",
+                                       "one_step_far_better_digits"}
     assert set(claims["status"]) <= {"pass", "fail"}  # both ran; either verdict is a result
     assert claims["observed"].notna().all() and claims["threshold"].notna().all()
 
-    for figure in ("w2_vs_nfe", "samples", "trajectories"):
+    for figure in ("quality_vs_nfe", "samples_moons", "trajectories_moons", "samples_digits"):
         assert (results / f"rectified_flow/figures/{figure}.png").stat().st_size > 1000
         assert (results / f"rectified_flow/figures/{figure}.pdf").exists()
     html = (results / "report.html").read_text()
-    assert "rectified_flow" in html and "reflow_straightens" in html and "figures/w2_vs_nfe.png" in html
-    assert (workflow_copy / "logs/benchmarks/train/rectified_flow/moons/rf1.tsv").exists()
+    assert "rectified_flow" in html and "reflow_straightens" in html and "figures/quality_vs_nfe.png" in html
+    assert list((workflow_copy / "logs/benchmarks/train/digits").glob("*.tsv"))
+    for experiment in ("stochastic_interpolants", "consistency_fm", "score_sde", "improved_rf", "multisample_fm",
+                       "flow_matching", "rectified_flow"):  # every flow paper ran on 2-D data and on digits
+        table = pd.read_csv(results / f"{experiment}/metrics.csv")
+        assert "digits" in set(table["dataset"]) and len(set(table["dataset"])) == 2, experiment
+        assert (table[table["dataset"] == "digits"]["metric"] == "fid_classifier").any(), experiment
 
     again = subprocess.run(["snakemake", "--cores", "2", "-n"], cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0

@@ -3,7 +3,9 @@
 Layout (one ``.dvc`` pointer per unit that can be pulled alone, committed to git):
 
     data.dvc                     data/                  (every dataset + its .sha256)
-    results/<experiment>.dvc     results/<experiment>/  (models, pairs, samples, metrics, claims, figures)
+    results/<experiment>.dvc     results/<experiment>/  (samples, metrics, claims, figures)
+    results/models.dvc           results/models/        (trained models and reflow pairs, shared by experiments)
+    results/classifiers.dvc      results/classifiers/   (FID classifiers and their reference statistics)
     results/report.md.dvc        results/report.md
     results/report.html.dvc      results/report.html
 
@@ -33,6 +35,8 @@ from typing import Iterable, Sequence
 DATA = "data"
 RESULTS = "results"
 REPORT = ("results/report.md", "results/report.html")
+#: Outputs shared by experiments (trained models, FID classifiers): pushed and pulled with any of them.
+SHARED = ("results/models", "results/classifiers")
 
 
 class CacheError(RuntimeError):
@@ -48,10 +52,17 @@ def dvc_file(path: str) -> str:
     return f"{path.rstrip('/')}.dvc"
 
 
-def tracked_paths(experiments: Iterable[str], *, data: bool = True, report: bool = True) -> list[str]:
-    """The workspace paths that make up a push or a pull, in a stable order."""
+def tracked_paths(experiments: Iterable[str], *, data: bool = True, report: bool = True,
+                  shared=None) -> list[str]:
+    """The workspace paths that make up a push or a pull, in a stable order.
+
+    ``shared``: a test for each folder of :data:`SHARED` (push: it exists; pull: it was published).
+    """
+    experiments = list(experiments)
     paths = [DATA] if data else []
     paths += [experiment_path(e) for e in experiments]
+    if experiments and shared is not None:
+        paths += [p for p in SHARED if shared(p)]
     if report:
         paths += list(REPORT)
     return paths
@@ -67,8 +78,9 @@ def configured_experiments(root: Path) -> list[str]:
 
 def published_experiments(root: Path) -> list[str]:
     """Experiments that have a results/<experiment>.dvc pointer."""
+    shared = {Path(p).name for p in SHARED}
     return sorted(p.name[: -len(".dvc")] for p in (root / RESULTS).glob("*.dvc")
-                  if not p.name.startswith("report."))
+                  if not p.name.startswith("report.") and p.name[: -len(".dvc")] not in shared)
 
 
 def _run(command: Sequence[str], root: Path, what: str) -> subprocess.CompletedProcess:
@@ -123,7 +135,7 @@ def push(experiments: Sequence[str] | None = None, remote: str | None = None, *,
     experiments = configured if experiments is None else list(experiments)
     if report is None:
         report = set(configured) <= set(experiments)
-    paths = tracked_paths(experiments, data=data, report=report)
+    paths = tracked_paths(experiments, data=data, report=report, shared=lambda p: (root / p).exists())
     missing = [p for p in paths if not (root / p).exists()]
     if missing:
         raise CacheError(f"nothing to push for {', '.join(missing)}: run the workflow first")
@@ -151,7 +163,7 @@ def pull(experiments: Sequence[str] | None = None, remote: str | None = None, *,
     if report is None:
         report = experiments is None
     experiments = published_experiments(root) if experiments is None else list(experiments)
-    paths = tracked_paths(experiments, data=data, report=report)
+    paths = tracked_paths(experiments, data=data, report=report, shared=lambda p: (root / dvc_file(p)).exists())
     pointers = [dvc_file(p) for p in paths]
     missing = [p for p in pointers if not (root / p).exists()]
     if missing:

@@ -186,7 +186,7 @@ def select(table, ref: Ref) -> tuple[float, float, int]:
     """Mean, std and number of seeds of the rows that ``ref`` picks from a tidy table."""
     rows = table[table["metric"] == ref.metric]
     for key, wanted in ref.filters:
-        rows = rows[[_matches(cell, wanted) for cell in rows[key]]]
+        rows = rows[rows[key].map(lambda cell, w=wanted: _matches(cell, w)).astype(bool)]  # a list mask of [] would select columns
     if rows.empty:
         raise MissingRows(f"no rows for {ref}")
     if rows["seed"].duplicated().any():

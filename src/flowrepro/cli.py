@@ -10,10 +10,12 @@ import sys
 
 STAGES = """stages, in workflow order:
   acquire        make or download a dataset -> data/<name>.npz (+ .sha256)
-  train          train one model of a flow experiment, all seeds -> models/<dataset>/<model>.pt
-  reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> pairs/<dataset>/<model>.npz
+  train          train one model of a flow experiment, all seeds -> results/models/<dataset>/<key>.pt
+  reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> results/models/<dataset>/<key>.pairs.npz
   sample         run every sampler of the experiment on one model, NFE counted -> samples/...npz
   evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
+  classifier     train an image dataset's FID classifier -> results/classifiers/<dataset>.pt (+ .stats.npz)
+  fid            FID of sample files, by the classifier's cached statistics or a local Inception weights file
   benchmark      a sampler or optimizer experiment, whole grid in one job -> metrics.csv
   claims         check the experiment's claims on its metrics -> claims.csv
   plot           figures -> results/<experiment>/figures/*.png|pdf
@@ -59,11 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("sample", "run the experiment's samplers on one trained model")
     p.add_argument("--model-file", required=True)
+    p.add_argument("--method", default=None, help="the model's name in this experiment (default: its name in the experiment that trained it)")
     p.add_argument("--out", required=True)
+
+    p = stage("fid", "Fréchet distance of sample files (classifier features, or Inception from a local weights file)",
+              experiment=False, scale=False)
+    p.add_argument("--samples", nargs="+", required=True, help="npz files; every (n, C, H, W) array is scored")
+    p.add_argument("--classifier", default=None, help="results/classifiers/<dataset>.pt (its .stats.npz is the reference)")
+    p.add_argument("--inception-weights", default=None, help="a local FID-Inception state dict (nothing is downloaded)")
+    p.add_argument("--reference", default=None, help="data/<dataset>.npz whose test split is the Inception reference")
+
+    p = stage("classifier", "train the feature classifier of fid_classifier for one image dataset",
+              experiment=False, scale=False)
+    p.add_argument("--data", required=True, help="data/<dataset>.npz with train/test images and labels")
+    p.add_argument("--out", required=True, help="results/classifiers/<dataset>.pt; stats go to <dataset>.stats.npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the stage's DEFAULT_STEPS)")
 
     p = stage("evaluate", "compute the tidy metrics table")
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--classifiers", nargs="*", default=[], help="results/classifiers/<dataset>.pt for image datasets")
     p.add_argument("--out", required=True)
 
     p = stage("benchmark", "run a sampler or optimizer experiment's whole grid")
@@ -110,11 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "sample":
         from flowrepro.stages import sample
 
-        sample.run(args.experiment, args.scale, args.model_file, args.out)
+        sample.run(args.experiment, args.scale, args.model_file, args.out, args.method)
+    elif args.stage == "fid":
+        from flowrepro.stages import fid
+
+        fid.run(args.samples, args.classifier, args.inception_weights, args.reference)
+    elif args.stage == "classifier":
+        from flowrepro.stages import classifier
+
+        classifier.run(args.data, args.out, args.seed, args.steps)
     elif args.stage == "evaluate":
         from flowrepro.stages import evaluate
 
-        evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out)
+        evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out, args.classifiers)
     elif args.stage == "benchmark":
         from flowrepro.stages import benchmark
 

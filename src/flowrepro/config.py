@@ -48,6 +48,11 @@ def load_experiment(path: str | Path) -> dict:
     experiment = validate(load_yaml(path), "experiment", path)
     if Path(path).stem != experiment["id"]:
         raise ConfigError(f"{path}: id {experiment['id']!r} must match the file name {Path(path).stem!r}")
+    if "plugins" in experiment:  # a plugin given as a .py file is relative to the experiment file
+        from flowrepro.registry import is_plugin_file
+
+        experiment["plugins"] = [str(Path(path).parent / p) if is_plugin_file(p) and not Path(p).is_absolute() else p
+                                 for p in experiment["plugins"]]
     if experiment.get("models"):
         _check_piece_names(experiment, path)
     for name, spec in experiment.get("models", {}).items():
@@ -71,10 +76,69 @@ def _check_piece_names(experiment: dict, path: str | Path) -> None:
         for key, table in tables.items():
             if key in spec and spec[key] not in table:
                 raise ConfigError(f"{path}: models/{name}/{key}: unknown {table.kind} {spec[key]!r}; known: {table.names()}")
+    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde  # noqa: F401  (register built-ins)
+
+    for label, options in experiment.get("sampling", {}).items():
+        sampler = options.get("sampler", label)
+        if sampler not in registry.SAMPLERS:
+            raise ConfigError(f"{path}: sampling/{label}: unknown sampler {sampler!r}; known: {registry.SAMPLERS.names()}")
+        schedule = options.get("schedule", "uniform")
+        if schedule not in registry.SCHEDULES:
+            raise ConfigError(f"{path}: sampling/{label}/schedule: unknown schedule {schedule!r}; known: {registry.SCHEDULES.names()}")
 
 
 def load_scale(path: str | Path) -> dict:
     return validate(load_yaml(path), "scale", path)
+
+
+#: Datasets of images (n, channels, height, width): trained with a UNet, sized by ``flow_images``.
+IMAGE_DATASETS = ("digits", "mnist5k", "mnist", "cifar10")
+
+
+def flow_settings(scale: dict, dataset: str) -> dict:
+    """The scale section that sizes a flow job on ``dataset``: ``flow_images`` or ``flow2d``."""
+    if dataset in IMAGE_DATASETS:
+        if "flow_images" not in scale:
+            raise ConfigError(f"scale {scale['scale']!r}: dataset {dataset!r} is an image dataset but the scale has no flow_images section")
+        return scale["flow_images"]
+    return scale["flow2d"]
+
+
+#: What a model spec means when it leaves a key out (the experiment schema's defaults).
+MODEL_DEFAULTS = {"path": "linear", "coupling": "independent", "optimizer": "adamw", "time_density": "uniform",
+                  "loss": "mse", "prediction": "velocity", "objective": "regression"}
+
+
+def model_key(experiment: dict, name: str, dataset: str) -> str:
+    """A short hash of everything that determines a trained model: dataset and spec, with the
+    models it starts from or takes reflow pairs from replaced by their own keys.
+
+    Experiments that define the same model (rectified flow's 1-RF is also the baseline of
+    improved_rf, multisample_fm and stochastic_interpolants) share one file and one training job.
+    The scale's settings are not in the key: the workflow reruns the job when they change.
+    """
+    import hashlib
+    import json
+
+    spec = MODEL_DEFAULTS | experiment["models"][name]  # {path: linear} and {path: linear, coupling: independent} are one model
+    for key in ("pairs_from", "init"):
+        if key in spec:
+            spec[key] = model_key(experiment, spec[key], dataset)
+    text = json.dumps({"dataset": dataset, "spec": spec, "plugins": experiment.get("plugins", [])}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def shared_models(experiments: dict[str, dict]) -> dict[str, dict]:
+    """key -> {experiment, model, dataset} of the first experiment defining each distinct model."""
+    owners: dict[str, dict] = {}
+    for experiment_id, experiment in experiments.items():
+        if experiment["kind"] != "flow":
+            continue
+        for dataset in experiment["datasets"]:
+            for name in experiment["models"]:
+                owners.setdefault(model_key(experiment, name, dataset),
+                                  {"experiment": experiment_id, "model": name, "dataset": dataset})
+    return owners
 
 
 def pick_device(preference: str = "auto") -> str:

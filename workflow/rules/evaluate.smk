@@ -10,14 +10,44 @@ def flow_samples(wildcards):
     return [f"results/{e['id']}/samples/{d}/{m}.npz" for d in e["datasets"] for m in e["models"]]
 
 
+def flow_classifiers(wildcards):
+    """The FID classifier of each image dataset the experiment uses."""
+    e = EXPERIMENTS[wildcards.experiment]
+    return [f"results/classifiers/{d}.pt" for d in e.get("datasets", []) if d in IMAGE_DATASETS]
+
+
+def flow_experiment_settings(wildcards):
+    return {d: flow_settings(SCALE, d) for d in EXPERIMENTS[wildcards.experiment]["datasets"]} | {"seeds": SCALE["seeds"]}
+
+
+rule classifier:
+    input:
+        data="data/{dataset}.npz",
+    output:
+        model="results/classifiers/{dataset}.pt",
+        stats="results/classifiers/{dataset}.stats.npz",
+    wildcard_constraints:
+        dataset="|".join(IMAGE_DATASETS),
+    threads: JOB_THREADS
+    resources:
+        gpu=0 if config["scale"] == "tiny" else 1,
+    log:
+        "logs/classifier/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/classifier/{dataset}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} flowrepro classifier --data {input.data} --out {output.model} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         experiment=experiment_file,
         data=flow_data,
         samples=flow_samples,
+        classifiers=flow_classifiers,
     params:
         scale_file=SCALE_FILE,
-        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
+        settings=flow_experiment_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         report(
             "results/{experiment}/metrics.csv",
@@ -33,7 +63,7 @@ rule evaluate:
         "logs/benchmarks/evaluate/{experiment}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} flowrepro evaluate --experiment {input.experiment} --scale {params.scale_file}"
-        " --data {input.data} --samples {input.samples} --out {output} > {log} 2>&1"
+        " --data {input.data} --samples {input.samples} --classifiers {input.classifiers} --out {output} > {log} 2>&1"
 
 
 def benchmark_settings(wildcards):

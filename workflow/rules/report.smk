@@ -1,6 +1,6 @@
 rule report:
     input:
-        experiments=[f"config/experiments/{e}.yaml" for e in EXPERIMENTS],
+        experiments=[EXPERIMENT_FILES[e] for e in EXPERIMENTS],
         claims=[f"results/{e}/claims.csv" for e in EXPERIMENTS],
         metrics=[f"results/{e}/metrics.csv" for e in EXPERIMENTS],
         figures=[f"results/{e}/figures" for e in EXPERIMENTS],

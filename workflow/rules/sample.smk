@@ -1,10 +1,10 @@
 rule sample:
     input:
         experiment=experiment_file,
-        model="results/{experiment}/models/{dataset}/{model}.pt",
+        model=lambda wildcards: model_file(wildcards.experiment, wildcards.model, wildcards.dataset),
     params:
         scale_file=SCALE_FILE,
-        settings=SCALE["flow2d"] | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
+        settings=lambda wildcards: flow_settings(SCALE, wildcards.dataset) | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         "results/{experiment}/samples/{dataset}/{model}.npz",
     resources:
@@ -19,4 +19,4 @@ rule sample:
         "logs/benchmarks/sample/{experiment}/{dataset}/{model}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} flowrepro sample --experiment {input.experiment} --scale {params.scale_file}"
-        " --model-file {input.model} --out {output} > {log} 2>&1"
+        " --model-file {input.model} --method {wildcards.model} --out {output} > {log} 2>&1"

@@ -5,9 +5,16 @@ The conditional target velocity is u_t = a'(t) x0 + b'(t) x1 (Lipman et al., Flo
 - ``vp`` (the variance-preserving diffusion path of Flow Matching, Sec. 4.1): b(t) = alpha_{1-t},
   a(t) = sqrt(1 - alpha_{1-t}^2), alpha_s = exp(-T(s)/2), T(s) = int_0^s beta, beta(s) linear
   from beta_min = 0.1 to beta_max = 20.
+- ``trig`` (the trigonometric interpolant of Albergo et al.): a = cos(pi t / 2), b = sin(pi t / 2).
+- any path with ``gamma: g`` (stochastic interpolants): x_t = a x0 + b x1 + gamma(t) z with
+  gamma(t)^2 = g t (1 - t) and z ~ N(0, I) independent of x0. With Gaussian x0 the pair
+  a x0 + gamma z is itself Gaussian, so the interpolant is the affine path with
+  a~(t) = sqrt(a^2 + gamma^2) and the same marginal velocity (E[a' x0 + gamma' z | x_t] =
+  a~'/a~ E[a x0 + gamma z | x_t]); it is built that way, and a~' = (a a' + g (1 - 2t) / 2) / a~.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from flowrepro.registry import PATHS
@@ -61,10 +68,32 @@ class VPPath(AffinePath):
         return a, b, -b * db / a, db
 
 
+@PATHS.register("trig")
+@dataclass(frozen=True)
+class TrigPath(AffinePath):
+    def coefficients(self, t):
+        half_pi = 0.5 * math.pi
+        return (half_pi * t).cos(), (half_pi * t).sin(), -half_pi * (half_pi * t).sin(), half_pi * (half_pi * t).cos()
+
+
+@dataclass(frozen=True)
+class GammaInterpolant(AffinePath):
+    """``base`` plus the latent noise gamma(t) z, gamma(t)^2 = g t (1 - t), as an affine path."""
+
+    base: AffinePath
+    g: float
+
+    def coefficients(self, t):
+        a, b, da, db = self.base.coefficients(t)
+        a_tilde = (a**2 + self.g * t * (1 - t)).sqrt()
+        return a_tilde, b, (a * da + 0.5 * self.g * (1 - 2 * t)) / a_tilde, db
+
+
 def build_path(spec: dict):
-    """The path a model spec names, with its options (``sigma_min`` for linear)."""
+    """The path a model spec names, with its options (``sigma_min`` for linear, ``gamma``)."""
     name = spec.get("path", "linear")
     cls = PATHS.get(name)
-    return cls(sigma_min=spec["sigma_min"]) if "sigma_min" in spec else cls()
+    path = cls(sigma_min=spec["sigma_min"]) if "sigma_min" in spec else cls()
+    return GammaInterpolant(path, float(spec["gamma"])) if spec.get("gamma") else path
 
 

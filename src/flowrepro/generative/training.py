@@ -1,7 +1,10 @@
 """The flow-matching training loop: resumable, NaN-checked, deterministic on CPU.
 
-Loss: E_{t, (x0, x1) ~ coupling} || v_theta(x_t, t) - u_t(x0, x1) ||^2 with x_t and u_t from
-the probability path. Every ``checkpoint_every`` steps the model, optimizer and random-number
+Loss: an objective of :mod:`.objectives`, by default E_{t, (x0, x1) ~ coupling}
+|| v_theta(x_t, t) - u_t(x0, x1) ||^2 with x_t and u_t from the probability path. An exponential
+moving average of the weights is kept when ``ema_decay > 0`` (and always for objectives that
+train against an EMA target). On CUDA the forward pass runs under bf16 autocast, image batches in
+channels_last; ``compile`` wraps the network in ``torch.compile``. Every ``checkpoint_every`` steps the model, optimizer and random-number
 state are written atomically; a re-run with the same checkpoint path continues from there and
 gives the same weights as an uninterrupted run.
 """
@@ -28,6 +31,20 @@ class TrainConfig:
     optimizer: str = "adamw"
     time_density: str = "uniform"
     loss: str = "mse"
+    ema_decay: float = 0.0
+    bf16: bool = True
+    compile: bool = False
+
+
+def update_ema(ema_model, model, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights (buffers copied)."""
+    import torch
+
+    with torch.no_grad():
+        for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+            ema_param.lerp_(param, 1 - decay)
+        for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
 
 
 def build_optimizer(name: str, params, lr: float):
@@ -44,17 +61,23 @@ def build_optimizer(name: str, params, lr: float):
 
 
 def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, run_name: str,
-               checkpoint: str | Path, device="cpu", progress: bool = True) -> list[float]:
-    """Train ``model`` in place; return the loss of every step (resumed steps included)."""
+               checkpoint: str | Path, device="cpu", progress: bool = True, objective: Callable | None = None,
+               ema_model=None) -> list[float]:
+    """Train ``model`` in place (and ``ema_model``, if given); return every step's loss."""
     import torch
     from tqdm import tqdm
 
     from flowrepro.generative import losses
+    from flowrepro.generative.objectives import regression
     from flowrepro.registry import LOSSES, TIME_DENSITIES
 
     _ = losses  # registers mse and the time densities
     loss_fn, sample_time = LOSSES.get(config.loss), TIME_DENSITIES.get(config.time_density)
+    objective = objective or regression(path, loss_fn)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
+    cuda = torch.device(device).type == "cuda"
+    network = torch.compile(model) if config.compile else model
+    target = (torch.compile(ema_model) if config.compile else ema_model) if ema_model is not None else None
     generator = torch.Generator(device=device).manual_seed(seed)
     history: list[float] = []
     start = 0
@@ -62,6 +85,8 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+        if ema_model is not None:
+            ema_model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, history = state["step"], state["history"]
@@ -72,8 +97,10 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     for step in bar:
         x0, x1 = coupling(config.batch_size, generator)
         t = sample_time(x1.shape[0], generator, device)
-        xt = path.sample(x0, x1, t)
-        loss = loss_fn(model(xt, t), path.velocity(x0, x1, t))
+        if cuda and x1.dim() == 4:
+            x0, x1 = x0.contiguous(memory_format=torch.channels_last), x1.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and config.bf16):
+            loss = objective(network, x0, x1, t, target)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(f"{run_name}: loss is {value} at step {step + 1}; stopping "
@@ -81,11 +108,14 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema_model is not None:
+            update_ema(ema_model, model, config.ema_decay)
         history.append(value)
         done = step + 1
         if done % config.checkpoint_every == 0 and done < config.steps:
             io.save_torch(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "generator": generator.get_state(), "step": done, "history": history})
+                                       "generator": generator.get_state(), "step": done, "history": history,
+                                       "ema": ema_model.state_dict() if ema_model is not None else None})
         if done % 100 == 0:
             bar.set_postfix(loss=f"{sum(history[-100:]) / 100:.4f}")
     return history

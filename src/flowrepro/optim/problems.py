@@ -163,23 +163,47 @@ for _which in (1, 2, 3):
 
 
 # --------------------------------------------------------------------------- 2-D test functions
+def _cos(x: Any) -> Any:
+    """cos for a torch tensor or a numpy array (the surfaces are drawn with numpy)."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch.cos(x)
+    import numpy as np
+
+    return np.cos(x)
+
+
 def rosenbrock(xy: Any, a: float = 1.0, b: float = 100.0) -> Any:
-    """f(x, y) = (a - x)^2 + b (y - x^2)^2; minimum 0 at (a, a^2)."""
+    """f(x, y) = (a - x)^2 + b (y - x^2)^2; minimum 0 at (a, a^2).
+
+    ``xy[0]``, ``xy[1]`` may be scalars (the problem) or grids (the contour plot).
+    """
     return (a - xy[0]) ** 2 + b * (xy[1] - xy[0] ** 2) ** 2
 
 
 def rastrigin(xy: Any, a: float = 10.0) -> Any:
-    """f(x) = a n + sum_i (x_i^2 - a cos(2 pi x_i)); minimum 0 at the origin, many local minima."""
+    """f(x, y) = 2a + sum_i (x_i^2 - a cos(2 pi x_i)); minimum 0 at the origin, a local minimum
+    near every integer point. ``xy[0]``, ``xy[1]`` may be scalars or grids."""
+    return sum(a + xi ** 2 - a * _cos(2 * math.pi * xi) for xi in (xy[0], xy[1]))
+
+
+#: name -> (function, global minimiser, plot box (xmin, xmax, ymin, ymax)); the problems and the
+#: trajectory figures both read this table.
+SURFACES: dict[str, tuple[Callable[[Any], Any], tuple[float, float], tuple[float, float, float, float]]] = {
+    "rosenbrock": (rosenbrock, (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0)),
+    "rastrigin": (rastrigin, (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
+}
+
+
+def _surface_problem(name: str, start: tuple[float, float], seed: int, jitter: float = 0.1) -> Problem:
+    """Minimise a 2-D function of :data:`SURFACES` from ``start`` (+ seeded jitter).
+
+    ``info["trajectory"]`` holds every iterate (start included): the trajectory figures.
+    """
     import torch
 
-    return a * xy.numel() + (xy ** 2 - a * torch.cos(2 * math.pi * xy)).sum()
-
-
-def _surface_problem(name: str, fn: Callable[[Any], Any], start: tuple[float, float],
-                     optimum: tuple[float, float], seed: int, jitter: float = 0.1) -> Problem:
-    """Minimise a 2-D function from ``start`` (+ seeded jitter); records the trajectory."""
-    import torch
-
+    fn, optimum, _ = SURFACES[name]
     gen = torch.Generator().manual_seed(seed)
     xy = (torch.tensor(start) + jitter * torch.randn(2, generator=gen)).requires_grad_(True)
     trajectory: list[tuple[float, float]] = [tuple(xy.tolist())]
@@ -207,12 +231,12 @@ def _surface_problem(name: str, fn: Callable[[Any], Any], start: tuple[float, fl
 
 @PROBLEMS.register("rosenbrock")
 def rosenbrock_problem(seed: int, start: tuple[float, float] = (-1.5, 2.0), **kw: Any) -> Problem:
-    return _surface_problem("rosenbrock", rosenbrock, tuple(start), (1.0, 1.0), seed, **kw)
+    return _surface_problem("rosenbrock", tuple(start), seed, **kw)
 
 
 @PROBLEMS.register("rastrigin")
 def rastrigin_problem(seed: int, start: tuple[float, float] = (2.2, -2.3), **kw: Any) -> Problem:
-    return _surface_problem("rastrigin", rastrigin, tuple(start), (0.0, 0.0), seed, **kw)
+    return _surface_problem("rastrigin", tuple(start), seed, **kw)
 
 
 def quadratic(seed: int, dim: int = 10, cond: float = 10.0) -> Problem:

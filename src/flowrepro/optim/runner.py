@@ -24,6 +24,7 @@ BASE = {"sampler": "", "schedule": ""}
 
 def _make_problem(problem: str | Callable[..., Any], seed: int, problem_kwargs: dict | None) -> Any:
     import flowrepro.optim.problems  # noqa: F401  (registers the synthetic problems)
+    import flowrepro.optim.problems_cifar  # noqa: F401  (registers ResNet-20 / CIFAR-10)
     import flowrepro.optim.problems_learning  # noqa: F401  (registers the learning problems)
 
     factory = PROBLEMS.get(problem) if isinstance(problem, str) else problem
@@ -41,13 +42,15 @@ def run_optimizer(problem: str | Callable[..., Any], optimizer_name: str, lr: fl
                   steps: int, *, log_every: int | None = None, target: dict[str, Any] | None = None,
                   optimizer_kwargs: dict[str, Any] | None = None,
                   problem_kwargs: dict[str, Any] | None = None,
-                  experiment: str = "", scale: str = "", curves: bool = True) -> list[dict[str, Any]]:
+                  experiment: str = "", scale: str = "", curves: bool = True,
+                  extras: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``steps`` steps of ``optimizer_name`` at base ``lr`` and return tidy rows.
 
     Summary rows: every metric of ``problem.summary()``, ``diverged`` (1 if the loss went
     non-finite; training stops there), ``final_train_loss`` (last minibatch loss) and, with
     ``target``, ``steps_to_target`` / ``seconds_to_target`` (inf when never reached,
-    checked every ``log_every`` steps on ``problem.evaluate()``).
+    checked every ``log_every`` steps on ``problem.evaluate()``). ``extras``, if given,
+    receives the problem's ``info`` after the run (the 2-D problems' ``trajectory``).
     """
     import torch
 
@@ -98,6 +101,8 @@ def run_optimizer(problem: str | Callable[..., Any], optimizer_name: str, lr: fl
         summary.update(steps_to_target=hit_step, seconds_to_target=hit_wall)
     rows.extend({**label, "nfe": "", "metric": k, "value": float(v), "wall_s": wall}
                 for k, v in summary.items())
+    if extras is not None:
+        extras.update(prob.info)
     return rows
 
 
@@ -112,22 +117,34 @@ def _score(rows: list[dict[str, Any]], metric: str, mode: str) -> float:
 
 def lr_sweep(problem: str, optimizer_name: str, lr_grid: Iterable[float], seeds: Iterable[int],
              steps: int, *, select_metric: str | None = None, select_mode: str | None = None,
-             **kw: Any) -> list[dict[str, Any]]:
+             trajectories: dict[int, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
     """Run every (lr, seed); pick the lr with the best seed-mean validation metric.
 
     Returns: ``sweep_<select_metric>`` rows for every (lr, seed) (``optimizer`` names the lr),
-    all rows of the best lr's runs under their own metric names, and a ``best_lr`` row per seed.
+    all rows of the best lr's runs under their own metric names, a ``best_lr`` row per seed
+    and one ``best_lr_at_grid_edge`` row (1 when the chosen lr is the smallest or largest of
+    a grid of two or more: the sweep did not bracket the optimum, so the grid is suspect).
     Selection uses the problem's ``select_metric`` (a validation metric) unless overridden,
-    so test metrics never choose the lr.
+    so test metrics never choose the lr. ``trajectories``, if given, receives
+    ``{seed: array (steps + 1, 2)}`` of the best lr's runs (problems that record one).
     """
+    import numpy as np
+
     seeds = list(seeds)
+    grid = list(lr_grid)
     runs: dict[float, list[dict[str, Any]]] = {}
+    paths: dict[tuple[float, int], Any] = {}
     probe = _make_problem(problem, seeds[0], kw.get("problem_kwargs"))
     metric = select_metric or probe.select_metric
     mode = select_mode or probe.select_mode
-    for lr in lr_grid:
-        runs[lr] = [row for seed in seeds
-                    for row in run_optimizer(problem, optimizer_name, lr, seed, steps, **kw)]
+    del probe  # a paper-scale problem holds its data on the device
+    for lr in grid:
+        runs[lr] = []
+        for seed in seeds:
+            extras: dict[str, Any] = {}
+            runs[lr].extend(run_optimizer(problem, optimizer_name, lr, seed, steps, extras=extras, **kw))
+            if "trajectory" in extras:
+                paths[(lr, seed)] = np.asarray(extras["trajectory"], dtype=np.float64)
     best = (max if mode == "max" else min)(runs, key=lambda lr: _score(runs[lr], metric, mode))
     out: list[dict[str, Any]] = []
     for lr, rows in runs.items():
@@ -136,7 +153,55 @@ def lr_sweep(problem: str, optimizer_name: str, lr_grid: Iterable[float], seeds:
     out.extend(runs[best])
     template = [r for r in runs[best] if r["metric"] == metric and r["nfe"] == ""]
     out.extend({**r, "metric": "best_lr", "value": float(best)} for r in template)
+    if template:
+        edge = len(grid) > 1 and best in (min(grid), max(grid))
+        out.append({**template[0], "seed": "", "metric": "best_lr_at_grid_edge", "value": float(edge), "wall_s": ""})
+    if trajectories is not None:
+        trajectories.update({seed: paths[(best, seed)] for seed in seeds if (best, seed) in paths})
     return out
+
+
+def time_to_target(rows: list[dict[str, Any]], metric: str, value: float, mode: str) -> dict[tuple, tuple[float, float]]:
+    """First logged step and training seconds at which ``curve_<metric>`` reaches ``value``.
+
+    Returns ``{(dataset, method, seed): (steps, seconds)}`` over the runs whose curves are in
+    ``rows`` (inf, inf when never reached): the same check :func:`run_optimizer` makes during
+    the run for a fixed target, made afterwards for a target known only after all runs.
+    """
+    target = {"value": value, "mode": mode}
+    out: dict[tuple, tuple[float, float]] = {}
+    curve = sorted((r for r in rows if r["metric"] == f"curve_{metric}"), key=lambda r: r["nfe"])
+    for r in curve:
+        key = (r["dataset"], r["method"], r["seed"])
+        out.setdefault(key, (math.inf, math.inf))
+        if out[key][0] == math.inf and _reached(r["value"], target):
+            out[key] = (float(r["nfe"]), float(r["wall_s"]))
+    return out
+
+
+def reference_target(rows: list[dict[str, Any]], metric: str, mode: str, reference: Iterable[str]) -> float:
+    """The value the best reference optimizer reaches within the budget in every seed.
+
+    As in AlgoPerf (Dahl et al. 2023, "Benchmarking Neural Network Training Algorithms"), whose
+    validation targets are what tuned baseline algorithms reach within the workload's budget.
+    Per problem: for each reference optimizer (at its chosen lr) and seed, the best value
+    of ``curve_<metric>`` along the run; the worst of those over seeds; the best over the
+    references. So every seed of the best reference reaches the target, and the target needs
+    no hand-set threshold. NaN when no reference has a finite curve.
+    """
+    better = max if mode == "max" else min
+    worse = min if mode == "max" else max
+    per_run: dict[tuple[str, Any], list[float]] = {}
+    reference = set(reference)
+    for r in rows:
+        if r["metric"] == f"curve_{metric}" and r["method"] in reference and math.isfinite(r["value"]):
+            per_run.setdefault((r["method"], r["seed"]), []).append(r["value"])
+    per_method: dict[str, list[float]] = {}
+    for (method, _), values in per_run.items():
+        per_method.setdefault(method, []).append(better(values))
+    if not per_method:
+        return math.nan
+    return better(worse(values) for values in per_method.values())
 
 
 def performance_profile(table: Any, tau_grid: Iterable[float]) -> Any:
@@ -168,10 +233,11 @@ def largest_stable_lr(problem: str, optimizer_name: str, lr_grid: Iterable[float
     """
     best = math.nan
     for lr in sorted(lr_grid):
+        info: dict[str, Any] = {}
         rows = run_optimizer(problem, optimizer_name, lr, seed, steps, log_every=steps,
-                             problem_kwargs=problem_kwargs, curves=False)
+                             problem_kwargs=problem_kwargs, curves=False, extras=info)
         final = {r["metric"]: r["value"] for r in rows}
-        initial = _make_problem(problem, seed, problem_kwargs).info["initial_train_loss"]
+        initial = info["initial_train_loss"]  # full-train-set loss at initialisation, same seed
         if not (math.isfinite(final["train_loss"]) and final["train_loss"] <= initial):
             break
         best = lr

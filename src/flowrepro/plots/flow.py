@@ -14,41 +14,74 @@ def save_figure(fig, out_png: str) -> None:
             fig.savefig(tmp, format=path.rsplit(".", 1)[1], dpi=120, bbox_inches="tight")
 
 
-def w2_vs_nfe(table, out_png: str) -> None:
-    """W2 (mean and seed band) against counted NFE, one line per method and sampler, log-log."""
+def quality_vs_nfe(table, out_png: str) -> None:
+    """Quality (mean and seed band) against counted NFE, one line per method and sampler, log-log.
+
+    One panel per dataset: exact W2 for 2-D data, the classifier FID for images.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    rows = table[(table["metric"] == "w2") & (table["method"] != "data")].copy()
-    rows["run"] = rows["method"] + " / " + rows["sampler"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    sns.lineplot(data=rows, x="nfe", y="value", hue="run", style="dataset", marker="o", errorbar="sd", ax=ax)
-    floor = table[(table["metric"] == "w2") & (table["method"] == "data")]["value"]
-    if len(floor):
-        ax.axhline(floor.mean(), color="grey", ls=":", label="data vs data (floor)")
-    ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel="exact W2 to test set")
-    ax.legend(fontsize=7)
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = table[table["dataset"] == dataset]
+        metric = "fid_classifier" if (part["metric"] == "fid_classifier").any() else "w2"
+        rows = part[(part["metric"] == metric) & ~part["method"].isin(["data", "noise"])].copy()
+        rows["run"] = rows["method"] + " / " + rows["sampler"]
+        sns.lineplot(data=rows, x="nfe", y="value", hue="run", marker="o", errorbar="sd", ax=ax)
+        floor = part[(part["metric"] == metric) & (part["method"] == "data")]["value"]
+        if len(floor):
+            ax.axhline(floor.mean(), color="grey", ls=":", label="data vs data (floor)")
+        ylabel = "classifier FID to test set" if metric == "fid_classifier" else "exact W2 to test set"
+        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=ylabel, title=dataset)
+        ax.legend(fontsize=7)
     save_figure(fig, out_png)
     plt.close(fig)
 
 
-def samples(sample_files: list[str], data_file: str, out_png: str) -> None:
-    """Seed-0 samples of each model at the fewest and most Euler steps, beside the data."""
+def _sample_runs(arrays) -> list[dict]:
+    """Seed-0 runs of the Euler sampler at its fewest and most steps (else the first sampler's)."""
+    index = json.loads(str(arrays["runs"]))
+    seed = min(r["seed"] for r in index["runs"])
+    runs = [r for r in index["runs"] if r["seed"] == seed]
+    euler = [r for r in runs if r["sampler"] == "euler"] or [r for r in runs if r["sampler"] == runs[0]["sampler"]]
+    return [min(euler, key=lambda r: r["nfe"]), max(euler, key=lambda r: r["nfe"])]
+
+
+def samples(sample_files: list[str], data_file: str, out_png: str, n_images: int = 16) -> None:
+    """Seed-0 samples of each model at the fewest and most Euler steps, beside the data.
+
+    2-D data as scatter plots; images as a grid, one row per (model, NFE), the data first.
+    """
     import matplotlib.pyplot as plt
 
     loaded = [io.load_npz(p) for p in sample_files]
     test = io.load_npz(data_file)["test"]
+    if test.ndim == 4:
+        rows = [("data", test[:n_images])]
+        for arrays in loaded:
+            model = json.loads(str(arrays["runs"]))["model"]
+            rows += [(f"{model}, {r['sampler']} NFE={r['nfe']}", arrays[r["key"]][:n_images]) for r in _sample_runs(arrays)]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(n_images * 0.6, 0.8 * len(rows)), squeeze=False)
+        for ax, (title, images) in zip(axes[:, 0], rows):
+            strip = np.concatenate([np.pad(image.mean(0), 1, constant_values=-1) for image in images], axis=1)
+            ax.imshow(strip, cmap="gray", vmin=-1, vmax=1)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=7, loc="left")
+        save_figure(fig, out_png)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, 1 + 2 * len(loaded), figsize=(2.6 * (1 + 2 * len(loaded)), 2.6), sharex=True, sharey=True)
     axes[0].scatter(test[:1000, 0], test[:1000, 1], s=1, c="k")
     axes[0].set_title("data")
     column = 1
     for arrays in loaded:
-        index = json.loads(str(arrays["runs"]))
-        euler = [r for r in index["runs"] if r["sampler"] == "euler" and r["seed"] == min(x["seed"] for x in index["runs"])]
-        for run in (min(euler, key=lambda r: r["nfe"]), max(euler, key=lambda r: r["nfe"])):
+        model = json.loads(str(arrays["runs"]))["model"]
+        for run in _sample_runs(arrays):
             x = arrays[run["key"]]
             axes[column].scatter(x[:, 0], x[:, 1], s=1)
-            axes[column].set_title(f"{index['model']}, Euler NFE={run['nfe']}", fontsize=9)
+            axes[column].set_title(f"{model}, {run['sampler']} NFE={run['nfe']}", fontsize=9)
             column += 1
     save_figure(fig, out_png)
     plt.close(fig)

@@ -92,10 +92,12 @@ class _Case:
 
 def _plan(harness: str, sampler: str, schedule: str, budget: int) -> tuple[int, int] | None:
     """(steps, planned calls): the most steps whose planned model calls fit in ``budget`` (None: cannot)."""
+    from flowrepro.registry import SAMPLERS
     from flowrepro.samplers import diffusion, ode
 
     if harness == "flow":
-        per_step = ode.CALLS_PER_STEP.get(sampler, 1)
+        declared = getattr(SAMPLERS.get(sampler), "calls_per_step", None) if sampler in SAMPLERS else None
+        per_step = declared or ode.CALLS_PER_STEP.get(sampler, 1)  # a plugin solver declares its own cost
         return (budget // per_step, budget // per_step * per_step) if budget >= per_step else None
     if sampler == "ddim_ts":
         return budget, budget

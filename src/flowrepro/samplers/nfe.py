@@ -17,6 +17,15 @@ class NFECounter:
         self.calls += 1
         return self.model(x, t)
 
+    def epsilon(self, x, t):
+        self.calls += 1
+        return self.model.epsilon(x, t)
+
+    def velocity_and_epsilon(self, x, t):
+        """One network call that gives both (the conversion costs no evaluation)."""
+        self.calls += 1
+        return self.model.velocity_and_epsilon(x, t)
+
     def reset(self) -> int:
         calls, self.calls = self.calls, 0
         return calls

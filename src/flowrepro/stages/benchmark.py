@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from flowrepro import provenance
 from flowrepro.config import load_experiment, load_scale
 from flowrepro.registry import load_plugins
 
@@ -31,7 +32,19 @@ def run(experiment_file: str, scale_file: str, out: str) -> None:
     module, run_name, _, section = _kind(experiment, experiment_file)
     settings = {"scale": scale["scale"], "seeds": scale["seeds"], **scale.get(section, {})}
     getattr(module, run_name)(experiment, settings, out)
+    provenance.write_for(out, experiment_file, scale_file, device=_devices(settings))
     print(f"benchmark: wrote {out}")
+
+
+def _devices(settings: dict) -> str:
+    """Where a runner computes: the CPU, and any device the scale gives a problem (paper-scale CIFAR-10)."""
+    named = {problem: kwargs["device"] for problem, kwargs in settings.get("problem_kwargs", {}).items()
+             if isinstance(kwargs, dict) and "device" in kwargs}
+    if not named:
+        return "cpu"
+    from flowrepro.config import pick_device
+
+    return "cpu; " + ", ".join(f"{problem}: {pick_device(device)}" for problem, device in sorted(named.items()))
 
 
 def plot(experiment_file: str, metrics_file: str, out_dir: str) -> list[str]:

@@ -1,38 +1,62 @@
 """evaluate: turn a flow experiment's samples into the tidy metrics table.
 
-Rows: w2 (exact, POT) and nfe for every sampler run; straightness and transport_cost from
-each seed's Euler trajectory; and ``method=data`` w2 rows, the distance between two finite
-samples of the target itself, the floor no model can go below at this sample size.
+Rows: w2 (exact, POT, on flattened samples) and nfe for every sampler run, plus fid_classifier
+for image datasets (Fréchet distance in the features of the dataset's own classifier, see
+:mod:`flowrepro.metrics.fid`); straightness and transport_cost from each seed's Euler trajectory;
+``method=data`` rows, the distance between two finite samples of the target itself (the floor no
+model can go below at this sample size); and ``method=noise`` rows, the source N(0, I) itself
+(where every model starts: the ceiling).
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from flowrepro import io
-from flowrepro.config import load_experiment, load_scale
+from flowrepro.config import IMAGE_DATASETS, load_experiment, load_scale
 
 
-def run(experiment_file: str, scale_file: str, data_files: list[str], sample_files: list[str], out: str) -> None:
+def run(experiment_file: str, scale_file: str, data_files: list[str], sample_files: list[str], out: str,
+        classifier_files: list[str] = ()) -> None:
+    from flowrepro import provenance
+    from flowrepro.config import flow_settings
     from flowrepro.metrics.flow import straightness, transport_cost
     from flowrepro.metrics.wasserstein import exact_w2
 
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
-    n_eval = scale["flow2d"]["n_eval"]
-    references = {}
-    for path in data_files:
-        arrays = io.load_npz(path)
-        references[path] = arrays
+    references = {path: io.load_npz(path) for path in data_files}
+    classifiers = {Path(path).stem: path for path in classifier_files}
     base = {"experiment": experiment["id"], "optimizer": "", "scale": scale["scale"]}
     rows = []
+
+    def quality(samples: np.ndarray, dataset: str, test: np.ndarray) -> dict[str, float]:
+        values = {"w2": exact_w2(samples.reshape(len(samples), -1), test.reshape(len(test), -1))}
+        if dataset in IMAGE_DATASETS:
+            if dataset not in classifiers:
+                raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
+            from flowrepro.metrics.fid import fid_classifier
+
+            classifier = classifiers[dataset]
+            values["fid_classifier"] = fid_classifier(samples, classifier, classifier.removesuffix(".pt") + ".stats.npz")
+        return values
+
     for data_path, arrays in references.items():
         dataset = _dataset_name(data_path)
-        test = arrays["test"].reshape(len(arrays["test"]), -1)[:n_eval]
+        n_eval = flow_settings(scale, dataset)["n_eval"]
+        test = arrays["test"][:n_eval]
         for seed in scale["seeds"]:
-            other = np.random.default_rng(seed).choice(len(arrays["train"]), n_eval, replace=False)
-            rows.append({**base, "dataset": dataset, "method": "data", "sampler": "", "schedule": "", "nfe": 0,
-                         "seed": seed, "metric": "w2", "value": exact_w2(arrays["train"][other].reshape(n_eval, -1), test),
+            rng = np.random.default_rng(seed)
+            other = arrays["train"][rng.choice(len(arrays["train"]), n_eval, replace=False)]
+            noise = rng.standard_normal(test.shape).astype(np.float32)
+            for method, samples in (("data", other), ("noise", noise)):
+                for metric, value in quality(samples, dataset, test).items():
+                    rows.append({**base, "dataset": dataset, "method": method, "sampler": "", "schedule": "", "nfe": 0,
+                                 "seed": seed, "metric": metric, "value": value, "wall_s": 0.0})
+        if dataset in classifiers:  # how good the FID features are: the classifier's own test accuracy
+            rows.append({**base, "dataset": dataset, "method": "classifier", "sampler": "", "schedule": "", "nfe": 0,
+                         "seed": 0, "metric": "test_accuracy", "value": _classifier_accuracy(classifiers[dataset]),
                          "wall_s": 0.0})
     for path in sample_files:
         samples = io.load_npz(path)
@@ -41,13 +65,13 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
         matching = [p for p in references if _dataset_name(p) == dataset]
         if not matching:
             raise KeyError(f"{path}: samples of dataset {dataset!r} but no data file for it among {list(references)}")
-        test = references[matching[0]]["test"]
-        test = test.reshape(len(test), -1)[:n_eval]
+        test = references[matching[0]]["test"][:flow_settings(scale, dataset)["n_eval"]]
         for run_info in index["runs"]:
             row = {**base, "dataset": dataset, "method": method, "sampler": run_info["sampler"],
                    "schedule": run_info["schedule"], "nfe": run_info["nfe"], "seed": run_info["seed"],
                    "wall_s": run_info["wall_s"]}
-            rows.append({**row, "metric": "w2", "value": exact_w2(samples[run_info["key"]], test)})
+            for metric, value in quality(samples[run_info["key"]], dataset, test).items():
+                rows.append({**row, "metric": metric, "value": value})
             rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
         times = samples["trajectory_times"]
         for seed in scale["seeds"]:
@@ -57,7 +81,18 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
             rows.append({**row, "metric": "straightness", "value": straightness(trajectory, times)})
             rows.append({**row, "metric": "transport_cost", "value": transport_cost(trajectory)})
     io.write_table(out, rows)
+    images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
+    features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
+                f"{_classifier_accuracy(classifiers[d]):.4f}, reference statistics of {d}'s test set" for d in images]
+    provenance.write_for(out, experiment_file, scale_file, device=scale.get("device", "auto"),
+                         features="; ".join(features) or None)
     print(f"evaluate: wrote {out} ({len(rows)} rows)")
+
+
+def _classifier_accuracy(classifier_file: str) -> float:
+    from flowrepro.stages.classifier import stats_path
+
+    return float(io.load_npz(stats_path(classifier_file))["test_accuracy"])
 
 
 def _dataset_name(data_path: str) -> str:

@@ -6,14 +6,16 @@ from pathlib import Path
 from flowrepro import io
 from flowrepro.config import load_experiment
 
-#: Figures every flow experiment gets (the plot rule lists the same names).
-FLOW_FIGURES = ("w2_vs_nfe", "samples", "trajectories")
 
 
 def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_files: list[str], out_dir: str) -> None:
+    """Flow experiments: quality_vs_nfe, then per dataset samples_<dataset> and (2-D) trajectories_<dataset>."""
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
+    from flowrepro.config import IMAGE_DATASETS
     from flowrepro.plots import flow
 
     experiment = load_experiment(experiment_file)
@@ -25,13 +27,15 @@ def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_f
         for target in benchmark.plot(experiment_file, metrics_file, out_dir):
             print(f"plot: wrote {target}")
         return
-    table = io.read_table(metrics_file)
-    for figure in FLOW_FIGURES:
-        target = str(out / f"{figure}.png")
-        if figure == "w2_vs_nfe":
-            flow.w2_vs_nfe(table, target)
-        elif figure == "samples":
-            flow.samples(sample_files, data_files[0], target)
-        elif figure == "trajectories":
-            flow.trajectories(sample_files, target)
+    targets = [str(out / "quality_vs_nfe.png")]
+    flow.quality_vs_nfe(io.read_table(metrics_file), targets[0])
+    for data_file in data_files:
+        dataset = Path(data_file).name.removesuffix(".npz")
+        mine = [p for p in sample_files if json.loads(str(io.load_npz(p)["runs"]))["dataset"] == dataset]
+        targets.append(str(out / f"samples_{dataset}.png"))
+        flow.samples(mine, data_file, targets[-1])
+        if dataset not in IMAGE_DATASETS:
+            targets.append(str(out / f"trajectories_{dataset}.png"))
+            flow.trajectories(mine, targets[-1])
+    for target in targets:
         print(f"plot: wrote {target}")

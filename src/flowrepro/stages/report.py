@@ -1,7 +1,10 @@
 """report: one page over every experiment -> results/report.md and results/report.html.
 
 Per experiment: what was run (scale, seeds, wall time), the claims with pass/fail and the
-numbers that decided them, a metrics table (mean ± std over seeds), and the figures.
+numbers that decided them, a metrics table (mean ± std over seeds), the figures, and the
+provenance (config hash, git commit, library versions, device, FID features) read from
+``provenance.json`` beside the metrics. The HTML page opens with an index: each paper's
+pass/fail counts, linked to its section.
 Figures are linked relative to the report, so the results folder can be moved as a whole.
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowrepro import io
+from flowrepro import io, provenance
 from flowrepro.config import load_experiment, load_scale
 
 
@@ -30,12 +33,17 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return grouped[keep + ["value", "seeds"]]
 
 
+STATUSES = ("pass", "fail", "not-run")
+
+
 def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.DataFrame, figures: list[Path],
-                        report_dir: Path) -> dict:
+                        report_dir: Path, record: dict | None = None) -> dict:
     counts = claims["status"].value_counts().to_dict()
     return {
         "id": experiment["id"], "title": experiment["title"], "source": experiment["source"],
-        "summary": ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pass", "fail", "not-run")),
+        "counts": {s: int(counts.get(s, 0)) for s in STATUSES},
+        "summary": ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
+        "provenance": provenance.describe(record),
         "claims": claims, "metrics": summarise(metrics), "paper_numbers": experiment.get("paper_numbers", {}),
         "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
         "wall_s": float(metrics["wall_s"].fillna(0).sum()),
@@ -52,7 +60,8 @@ def run(scale_file: str, experiment_files: list[str], claims_files: list[str], m
         experiment = load_experiment(exp_file)
         figures = sorted(p for p in _expand(figure_files) if p.parts[-3] == experiment["id"])
         sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
-                                            io.read_table(metrics_file), figures, report_dir))
+                                            io.read_table(metrics_file), figures, report_dir,
+                                            provenance.read_for(metrics_file)))
     header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
     io.write_text(out_md, render_markdown(sections, header))
     io.write_text(out_html, render_html(sections, header))
@@ -85,6 +94,7 @@ def render_markdown(sections: list[dict], header: str) -> str:
         lines += ["", "### Metrics (mean ± std over seeds)", "", s["metrics"].to_markdown(index=False)
                   if _has_tabulate() else s["metrics"].to_string(index=False), "", "### Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in s["figures"]]
+        lines += ["", "### Provenance", ""] + [f"- **{label}**: {value}" for label, value in s["provenance"]]
     return "\n".join(lines) + "\n"
 
 
@@ -102,10 +112,10 @@ def render_html(sections: list[dict], header: str) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flowrepro results</title><style>",
              "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}.pass{background:#d4f7d4}"
-             ".fail{background:#f7d4d4}.not-run{background:#eee}img{max-width:100%}</style></head><body>",
-             f"<h1>flowrepro results</h1><p>{esc(header)}</p><table><tr><th>experiment</th><th>claims</th></tr>"]
-    parts += [f"<tr><td><a href='#{esc(s['id'])}'>{esc(s['id'])}</a></td><td>{esc(s['summary'])}</td></tr>" for s in sections]
-    parts.append("</table>")
+             ".fail{background:#f7d4d4}.not-run{background:#eee}img{max-width:100%}td.n{text-align:right}"
+             "dl.prov{font-size:13px;display:grid;grid-template-columns:max-content auto;gap:2px 12px}"
+             "dl.prov dt{font-weight:bold}dl.prov dd{margin:0}</style></head><body>",
+             f"<h1>flowrepro results</h1><p>{esc(header)}</p>", _html_index(sections)]
     for s in sections:
         parts.append(f"<h2 id='{esc(s['id'])}'>{esc(s['id'])}</h2><p><b>{esc(s['title'])}</b>, {esc(s['source'])}</p>")
         parts.append("<h3>Claims</h3><table><tr><th>claim</th><th>status</th><th>observed</th><th>threshold</th><th>detail</th></tr>")
@@ -116,11 +126,34 @@ def render_html(sections: list[dict], header: str) -> str:
         parts += [f"<p><i>{esc(k)}</i>: {esc(v)}</p>" for k, v in s["readings"].items()]
         if s["paper_numbers"]:
             parts.append("<p>Paper's own numbers (their scale): " + esc("; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())) + "</p>")
-        parts.append("<h3>Metrics (mean ± std over seeds)</h3>" + s["metrics"].to_html(index=False, border=0))
+        rows = len(s["metrics"])  # long tables (optimizer curves: hundreds of rows) start folded
+        parts.append(f"<h3>Metrics (mean ± std over seeds)</h3><details{' open' if rows <= 60 else ''}>"
+                     f"<summary>{rows} rows</summary>" + s["metrics"].to_html(index=False, border=0) + "</details>")
         parts += [f"<figure><img src='{esc(f)}' alt='{esc(Path(f).stem)}'><figcaption>{esc(Path(f).stem)}</figcaption></figure>"
                   for f in s["figures"]]
+        parts.append("<h3>Provenance</h3><dl class='prov'>" + "".join(
+            f"<dt>{esc(label)}</dt><dd>{esc(value)}</dd>" for label, value in s["provenance"]) + "</dl>")
+        parts.append("<p><a href='#index'>back to the index</a></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_index(sections: list[dict]) -> str:
+    """The table of contents: per paper its pass / fail / not-run counts, linked to its section."""
+    esc = html.escape
+    total = {s: sum(sec["counts"][s] for sec in sections) for s in STATUSES}
+    rows = ["<nav id='index'><h2>Index</h2><p>" + esc(f"{len(sections)} experiments, " +
+            ", ".join(f"{total[s]} claims {s}" for s in STATUSES)) + "</p><table><tr><th>experiment</th><th>paper</th>" +
+            "".join(f"<th>{s}</th>" for s in STATUSES) + "<th>verdict</th></tr>"]
+    for sec in sections:
+        counts = sec["counts"]
+        verdict = "fail" if counts["fail"] else ("not-run" if counts["not-run"] or not counts["pass"] else "pass")
+        label = {"pass": "all claims pass", "fail": f"{counts['fail']} of {sum(counts.values())} fail",
+                 "not-run": "not fully run"}[verdict]
+        rows.append(f"<tr><td><a href='#{esc(sec['id'])}'>{esc(sec['id'])}</a></td><td>{esc(sec['title'])}</td>" +
+                    "".join(f"<td class='n'>{counts[s]}</td>" for s in STATUSES) +
+                    f"<td class='{verdict}'>{esc(label)}</td></tr>")
+    return "\n".join(rows) + "</table></nav>"
 
 
 def _has_tabulate() -> bool:

@@ -1,0 +1,67 @@
+"""diffusers schedulers on a trained flow model: any affine-path network seen as a VP eps-model.
+
+For an affine path x = a(t) x0 + b(t) x1 with Gaussian noise x0, the noise level of time t is the
+VE sigma s(t) = a(t) / b(t), the variable of :func:`flowrepro.samplers.diffusion.run_scheduler`. Its
+VP point x_vp = alpha x1 + sigma x0 (alpha = 1 / sqrt(1 + s^2), sigma = s alpha) is the path point
+rescaled: x_path = (b / alpha) x_vp. So a scheduler asking for eps at (x_vp, s) gets
+
+    t = s^{-1}(s),   eps = model.epsilon((b(t) / alpha) x_vp, t)
+
+(the model's own noise prediction, by conversion from its velocity where it predicts velocity).
+One network call per eps; the NFE counter sees each. The level s(t) is inverted on a fine grid.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from flowrepro.samplers import diffusion
+
+
+class EpsilonAtLevel:
+    """``(x_vp, s) -> eps`` for diffusers schedulers, from a model with ``epsilon(x, t)`` and ``path``."""
+
+    def __init__(self, model, grid: int = 20001) -> None:
+        import torch
+
+        self.model = model
+        self.path = getattr(model, "path", None) or model.model.path
+        t = torch.linspace(1e-4, 1 - 1e-4, grid, dtype=torch.float64)
+        a, b, _, _ = self.path.coefficients(t)
+        log_s = (a / b).log().numpy()
+        order = np.argsort(log_s)  # s(t) falls with t; np.interp wants increasing abscissae
+        self.log_s, self.t = log_s[order], t.numpy()[order]
+
+    def time_of_level(self, s: float) -> float:
+        return float(np.interp(math.log(max(s, 1e-12)), self.log_s, self.t))
+
+    def __call__(self, x_vp, s: float):
+        import torch
+
+        t_value = self.time_of_level(s)
+        t = torch.full((x_vp.shape[0],), t_value, dtype=x_vp.dtype, device=x_vp.device)
+        _, b, _, _ = self.path.coefficients(t[:1].double())
+        alpha = 1.0 / math.sqrt(1.0 + s * s)
+        return self.model.epsilon(x_vp * (float(b) / alpha), t)
+
+
+def steps_for_budget(name: str, nfe: int, schedule: str = "uniform") -> int:
+    """The most steps whose planned model calls fit in ``nfe``."""
+    best = None
+    for steps in range(1, nfe + 1):
+        try:
+            calls = diffusion.calls_for_steps(name, steps, schedule)
+        except ValueError:  # e.g. PNDM cannot set fewer steps than its Runge-Kutta warm-up needs
+            continue
+        if calls <= nfe:
+            best = steps
+    if best is None:
+        raise ValueError(f"{name}: no number of steps fits a budget of {nfe} model calls")
+    return best
+
+
+def sample(model, x0, scheduler: str, steps: int, schedule: str = "uniform"):
+    """Samples from noise ``x0`` with diffusers ``scheduler``; returns data-space samples."""
+    x, _ = diffusion.run_scheduler(EpsilonAtLevel(model), x0, scheduler, steps, schedule)
+    return x
