@@ -71,9 +71,20 @@ def benchmark_settings(wildcards):
     return {"seeds": SCALE["seeds"], **SCALE.get(section, {})}
 
 
+def benchmark_data(wildcards):
+    """Data files an optimizer experiment's problems read at this scale (CIFAR-10 at paper scale)."""
+    e = EXPERIMENTS[wildcards.experiment]
+    if e["kind"] != "optimizer":
+        return []
+    from flowrepro.optim.experiment import data_files
+
+    return data_files(e, {"scale": SCALE["scale"], **benchmark_settings(wildcards)})
+
+
 rule benchmark:
     input:
         experiment=experiment_file,
+        data=benchmark_data,
     params:
         scale_file=SCALE_FILE,
         settings=benchmark_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
