@@ -166,7 +166,8 @@ def test_corrupted_remote_file_is_detected_and_never_used(published):
     assert not all((clone / p).exists() for p in (f"results/{EXPERIMENT}", *cache.SHARED))  # the pull stopped short
     # ... so Snakemake recomputes that experiment (the intact data was pulled and is kept).
     jobs = planned_jobs(clone)
-    assert JOBS_OF_EXPERIMENT <= set(jobs) and "acquire" not in jobs, jobs
+    # (which jobs depends on where the corrupted object was: a model, a classifier or a sample file)
+    assert {"evaluate", "claims"} <= set(jobs) and "acquire" not in jobs, jobs
 
 
 def test_cache_cli_parser():
