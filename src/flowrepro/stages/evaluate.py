@@ -28,6 +28,7 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
     references = {path: io.load_npz(path) for path in data_files}
     classifiers = {Path(path).stem: path for path in classifier_files}
+    accuracies = {dataset: _classifier_accuracy(path) for dataset, path in classifiers.items()}  # read once
     base = {"experiment": experiment["id"], "optimizer": "", "scale": scale["scale"]}
     rows = []
 
@@ -37,9 +38,9 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
             if dataset not in classifiers:
                 raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
             from flowrepro.metrics.fid import fid_classifier
+            from flowrepro.stages.classifier import stats_path
 
-            classifier = classifiers[dataset]
-            values["fid_classifier"] = fid_classifier(samples, classifier, classifier.removesuffix(".pt") + ".stats.npz")
+            values["fid_classifier"] = fid_classifier(samples, classifiers[dataset], stats_path(classifiers[dataset]))
         return values
 
     for data_path, arrays in references.items():
@@ -56,7 +57,7 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
                                  "seed": seed, "metric": metric, "value": value, "wall_s": 0.0})
         if dataset in classifiers:  # how good the FID features are: the classifier's own test accuracy
             rows.append({**base, "dataset": dataset, "method": "classifier", "sampler": "", "schedule": "", "nfe": 0,
-                         "seed": 0, "metric": "test_accuracy", "value": _classifier_accuracy(classifiers[dataset]),
+                         "seed": 0, "metric": "test_accuracy", "value": accuracies[dataset],
                          "wall_s": 0.0})
     for path in sample_files:
         samples = io.load_npz(path)
@@ -83,7 +84,7 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     io.write_table(out, rows)
     images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
     features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
-                f"{_classifier_accuracy(classifiers[d]):.4f}, reference statistics of {d}'s test set" for d in images]
+                f"{accuracies[d]:.4f}, reference statistics of {d}'s test set" for d in images]
     provenance.write_for(out, experiment_file, scale_file, device=scale.get("device", "auto"),
                          features="; ".join(features) or None)
     print(f"evaluate: wrote {out} ({len(rows)} rows)")
@@ -96,6 +97,4 @@ def _classifier_accuracy(classifier_file: str) -> float:
 
 
 def _dataset_name(data_path: str) -> str:
-    from pathlib import Path
-
     return Path(data_path).name.removesuffix(".npz")
