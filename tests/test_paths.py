@@ -104,3 +104,23 @@ def test_epsilon_conversion_gives_the_exact_gaussian_velocity_and_score():
     torch.testing.assert_close(epsilon_to_score(path, x, t, eps), -(x - b * m) / var)
     # velocity: d/dt of the mean plus the variance's share: v = m + (b s^2 - a) (x - b m) / var
     torch.testing.assert_close(epsilon_to_velocity(path, x, t, eps), m + (b * s * s - a) * (x - b * m) / var)
+
+
+def test_distill_objective_fits_the_one_step_map_at_t_zero_only():
+    """Rectified-flow distillation: || v(x0, 0) - (x1 - x0) ||, whatever t the trainer draws."""
+    from flowrepro.generative.objectives import build_objective
+
+    objective = build_objective({"objective": "distill", "coupling": "reflow"}, LinearPath(), losses.mse)
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    x1 = 2 * x0 + 1
+    seen_times = []
+
+    def exact(x, t):  # v(x0, 0) = x1 - x0 = x0 + 1
+        seen_times.append(t)
+        return x + 1
+
+    assert float(objective(exact, x0, x1, torch.rand(64))) == pytest.approx(0.0, abs=1e-12)
+    assert all(bool((t == 0).all()) for t in seen_times)
+    assert float(objective(lambda x, t: x, x0, x1, torch.rand(64))) > 0.5
+    with pytest.raises(ValueError, match="reflow"):
+        build_objective({"objective": "distill"}, LinearPath(), losses.mse)

@@ -21,7 +21,7 @@ PROFILE = "workflow/profiles/slurm"
 CONFIG = ["--config", "experiments=[rectified_flow]"]
 TARGET = "results/rectified_flow/claims.csv"
 _RF = load_experiment(REPO / "config/experiments/rectified_flow.yaml")
-MODELS = [f"results/models/moons/{model_key(_RF, name, 'moons')}.pt" for name in ("rf1", "rf2")]
+MODELS = [f"results/models/moons/{model_key(_RF, name, 'moons')}.pt" for name in ("rf1", "rf2", "rf2_distill")]
 # Test-cluster settings on top of the profile: no accounting (squeue for status, no account),
 # a local filesystem (short latency-wait), short polling so the tiny jobs finish quickly.
 SLURM_ARGS = ["--profile", PROFILE, "--slurm-status-command", "squeue", "--slurm-no-account",
@@ -98,9 +98,9 @@ def test_slurm_run_matches_local_run(slurm_cluster, tmp_path, capsys):
     rc, log = snakemake(cluster, TARGET, *SLURM_ARGS, *CONFIG)
     assert rc == 0, log[-3000:]
     job_ids = JOB_ID.findall(log)
-    # Per dataset (moons, digits): acquire, train rf1, reflow_pairs, train rf2, sample x2; the digits
-    # classifier; evaluate, claims: one sbatch each.
-    assert len(set(job_ids)) == 15, log[-3000:]
+    # Per dataset (moons, digits): acquire, train rf1, reflow_pairs, train rf2, reflow_pairs, train
+    # rf2_distill, sample x3; the digits classifier; evaluate, claims: one sbatch each.
+    assert len(set(job_ids)) == 21, log[-3000:]
     with capsys.disabled():  # into the CI log, not pytest's capture
         print("\nSLURM job ids:", " ".join(job_ids))
 
@@ -117,27 +117,27 @@ def test_slurm_failed_job_is_reported_and_rerun_completes_only_missing_work(slur
     rc, log = snakemake(wf, *MODELS, *SLURM_ARGS, *CONFIG)
     assert rc == 0, log[-3000:]
 
-    # Break one trained model (its mtime kept, so Snakemake still takes it as up to date):
-    # `sample` for rf2 must fail on the cluster, `sample` for rf1 must not be affected.
-    rf2 = wf / MODELS[1]
-    backup = tmp_path / "rf2.pt"
-    shutil.copy2(rf2, backup)
-    stat = rf2.stat()
-    rf2.write_bytes(b"not a torch checkpoint")
-    os.utime(rf2, (stat.st_atime, stat.st_mtime))
+    # Break one trained model that no other model starts from (its mtime kept, so Snakemake still
+    # takes it as up to date): `sample` for it must fail on the cluster, the others' must not be affected.
+    broken = wf / MODELS[2]
+    backup = tmp_path / "rf2_distill.pt"
+    shutil.copy2(broken, backup)
+    stat = broken.stat()
+    broken.write_bytes(b"not a torch checkpoint")
+    os.utime(broken, (stat.st_atime, stat.st_mtime))
 
     rc, log = snakemake(wf, TARGET, *SLURM_ARGS, "--retries", "0", *CONFIG)
     assert rc != 0, log[-3000:]
     assert "Error in rule sample" in log, log[-3000:]
     assert re.search(r"SLURM-job '\d+' failed", log), log[-3000:]
     samples = wf / "results/rectified_flow/samples/moons"
-    assert (samples / "rf1.npz").exists()  # the independent job's output is kept
-    assert not (samples / "rf2.npz").exists()
+    assert (samples / "rf1.npz").exists() and (samples / "rf2.npz").exists()  # the independent jobs' outputs are kept
+    assert not (samples / "rf2_distill.npz").exists()
     assert not (wf / TARGET).exists()
     assert all((wf / m).exists() for m in MODELS)
 
     # Fix it and go again: only the failed job and what depends on it run.
-    shutil.copy2(backup, rf2)
+    shutil.copy2(backup, broken)
     rc, log = snakemake(wf, TARGET, *SLURM_ARGS, *CONFIG)
     assert rc == 0, log[-3000:]
     assert ran_rules(log) == {"sample", "evaluate", "claims"}, log[-3000:]

@@ -35,3 +35,43 @@ def test_scheduler_on_the_trained_interface_matches_the_exact_harness_and_counts
     ours = trained_diffusion.sample(counter, x_t, name, 10)
     torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-3)
     assert counter.calls == diffusion.calls_for_steps(name, 10)  # Heun: 2K - 1
+
+
+def test_boss_timesteps_beat_uniform_ddim_steps_on_the_exact_model():
+    """BOSS for diffusers: a DP grid of training steps, run by EulerDiscrete (= DDIM), lowers the solver error."""
+    from flowrepro.samplers.boss_diffusion import boss_timesteps
+
+    exact = diffusion.ExactMixture(MIXTURE)
+    gen = torch.Generator().manual_seed(2)
+    x_t, batch = (torch.randn(n, 2, dtype=torch.float64, generator=gen) for n in (400, 128))
+    grids = boss_timesteps(exact.eps, batch, 6, n_fine=60, substeps=1)
+    assert all(len(grids[k]) == k and grids[k][0] == 999 and grids[k] == sorted(grids[k], reverse=True) for k in grids)
+    errors = {}
+    for schedule, timesteps in (("uniform", None), ("boss", grids[4])):
+        counter = NFECounter(exact.eps)
+        x, levels = diffusion.run_scheduler(counter, x_t, "euler_discrete", 4, schedule, timesteps)
+        assert counter.calls == 4
+        reference = diffusion.reference_endpoint(exact, x_t, levels[0], [levels[1]])[levels[1]]
+        errors[schedule] = float((x - reference).norm(dim=-1).mean())
+    assert errors["boss"] < 0.8 * errors["uniform"], errors
+
+
+def test_boss_needs_a_scheduler_that_takes_timesteps():
+    exact = diffusion.ExactMixture(MIXTURE)
+    with pytest.raises(ValueError, match="no custom timesteps"):
+        diffusion.run_scheduler(exact.eps, torch.randn(8, 2, dtype=torch.float64), "ddim", 3, "boss", [999, 500, 100])
+    with pytest.raises(ValueError, match="needs its timesteps"):
+        diffusion.run_scheduler(exact.eps, torch.randn(8, 2, dtype=torch.float64), "dpmsolver2m", 3, "boss")
+
+
+def test_time_shift_on_the_trained_interface_with_no_window_is_ddim():
+    exact = diffusion.ExactMixture(MIXTURE)
+    x_t = torch.randn(128, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    model = VelocityModel(exact.velocity, LinearPath())
+    ddim = trained_diffusion.sample(model, x_t, "ddim", 8)
+    counter = NFECounter(model)
+    unshifted = trained_diffusion.sample_time_shift(counter, x_t, 8, data_var=1.0, window=0)
+    torch.testing.assert_close(unshifted, ddim, rtol=1e-4, atol=1e-4)
+    assert counter.calls == 8
+    shifted = trained_diffusion.sample_time_shift(model, x_t, 8, data_var=1.0, window=20)
+    assert not torch.allclose(shifted, ddim)  # the window moves the evaluation times

@@ -66,6 +66,8 @@ def load_experiment(path: str | Path) -> dict:
 
 def _check_piece_names(experiment: dict, path: str | Path) -> None:
     """Every piece a model names must be registered (built-ins, or a module under plugins:)."""
+    import inspect
+
     from flowrepro import registry
     from flowrepro.generative import couplings, losses, paths  # noqa: F401  (register built-ins)
 
@@ -76,7 +78,10 @@ def _check_piece_names(experiment: dict, path: str | Path) -> None:
         for key, table in tables.items():
             if key in spec and spec[key] not in table:
                 raise ConfigError(f"{path}: models/{name}/{key}: unknown {table.kind} {spec[key]!r}; known: {table.names()}")
-    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde  # noqa: F401  (register built-ins)
+        coupling = spec.get("coupling", "independent")
+        if "coupling_reg" in spec and "reg" not in inspect.signature(registry.COUPLINGS.get(coupling)).parameters:
+            raise ConfigError(f"{path}: models/{name}/coupling_reg: coupling {coupling!r} takes no reg (minibatch_sinkhorn does)")
+    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift  # noqa: F401  (register built-ins)
 
     for label, options in experiment.get("sampling", {}).items():
         sampler = options.get("sampler", label)

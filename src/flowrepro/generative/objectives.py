@@ -10,6 +10,9 @@
       || f_theta(x_t, t) - f_ema(x_{t+dt}, t+dt) ||^2 + alpha || v_theta(x_t, t) - v_ema(x_{t+dt}, t+dt) ||^2
 
   with x_t, x_{t+dt} on the same linear interpolation and f_ema, v_ema from an EMA copy (no gradient).
+- ``distill`` (rectified flow, Liu et al. 2023, Sec. 2.3): one-step distillation on pairs (x0, x1) of a
+  k-rectified flow's ODE: || net(x0, 0) - (x1 - x0) ||, so that x0 + v(x0, 0) lands on x1 in one Euler
+  step. Only t = 0 is trained; the sampled t is ignored.
 """
 from __future__ import annotations
 
@@ -50,6 +53,15 @@ def velocity_consistency(path, segments: int = 2, delta: float = 0.01, alpha: fl
     return objective
 
 
+def distill(loss_fn: Callable) -> Callable:
+    import torch
+
+    def objective(model, x0, x1, t, target_model=None):
+        return loss_fn(model(x0, torch.zeros_like(t)), x1 - x0)
+
+    return objective
+
+
 def build_objective(spec: dict, path, loss_fn: Callable) -> Callable:
     """The objective a model spec names (``objective:``, default regression)."""
     name = spec.get("objective", "regression")
@@ -57,4 +69,8 @@ def build_objective(spec: dict, path, loss_fn: Callable) -> Callable:
         return regression(path, loss_fn, spec.get("prediction", "velocity"))
     if name == "velocity_consistency":
         return velocity_consistency(path, spec.get("segments", 2), spec.get("delta", 0.01))
-    raise ValueError(f"unknown objective {name!r}; known: regression, velocity_consistency")
+    if name == "distill":
+        if spec.get("coupling") != "reflow":
+            raise ValueError("objective distill needs coupling: reflow (the pairs of the model it distils)")
+        return distill(loss_fn)
+    raise ValueError(f"unknown objective {name!r}; known: regression, velocity_consistency, distill")

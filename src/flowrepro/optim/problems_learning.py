@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
+from flowrepro.metrics.sliced import sliced_wasserstein
 from flowrepro.optim.problems import Problem
 from flowrepro.registry import PROBLEMS
 
@@ -89,21 +89,6 @@ def digits_problem(seed: int, arch: str = "mlp", batch_size: int = 64, hidden: i
 PROBLEMS.register("digits_mlp")(lambda seed, **kw: digits_problem(seed, arch="mlp", **kw))
 PROBLEMS.register("digits_cnn")(lambda seed, **kw: digits_problem(seed, arch="cnn", **kw))
 PROBLEMS.register("digits_linear")(lambda seed, **kw: digits_problem(seed, arch="linear", **kw))
-
-
-def sliced_wasserstein(a: Any, b: Any, n_projections: int = 128, seed: int = 0) -> float:
-    """SW_2(a, b) = sqrt(E_theta W_2^2(<a, theta>, <b, theta>)), theta uniform on the sphere.
-
-    For equal sample sizes the 1-D W_2^2 is the mean squared gap of the sorted projections.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    theta = torch.randn(a.shape[1], n_projections, generator=gen)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    pa, _ = torch.sort(a @ theta, dim=0)
-    pb, _ = torch.sort(b @ theta, dim=0)
-    return math.sqrt(((pa - pb) ** 2).mean().item())
 
 
 def moons(n: int, seed: int, noise: float = 0.05) -> Any:

@@ -14,27 +14,33 @@ def save_figure(fig, out_png: str) -> None:
             fig.savefig(tmp, format=path.rsplit(".", 1)[1], dpi=120, bbox_inches="tight")
 
 
-def quality_vs_nfe(table, out_png: str) -> None:
+#: y-axis label of each metric quality_vs_nfe can draw.
+METRIC_LABELS = {"fid_classifier": "classifier FID to test set", "w2": "exact W2 to test set",
+                 "solver_error": "mean distance to the fine ODE solve"}
+
+
+def quality_vs_nfe(table, out_png: str, metric: str | None = None) -> None:
     """Quality (mean and seed band) against counted NFE, one line per method and sampler, log-log.
 
-    One panel per dataset: exact W2 for 2-D data, the classifier FID for images.
+    One panel per dataset with rows of ``metric``; by default exact W2 for 2-D data and the
+    classifier FID for images.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    datasets = list(dict.fromkeys(table["dataset"]))
+    datasets = [d for d in dict.fromkeys(table["dataset"]) if metric is None or (table[table["dataset"] == d]["metric"] == metric).any()]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    chosen = metric
     for ax, dataset in zip(axes[0], datasets):
         part = table[table["dataset"] == dataset]
-        metric = "fid_classifier" if (part["metric"] == "fid_classifier").any() else "w2"
+        metric = chosen or ("fid_classifier" if (part["metric"] == "fid_classifier").any() else "w2")
         rows = part[(part["metric"] == metric) & ~part["method"].isin(["data", "noise"])].copy()
         rows["run"] = rows["method"] + " / " + rows["sampler"]
         sns.lineplot(data=rows, x="nfe", y="value", hue="run", marker="o", errorbar="sd", ax=ax)
         floor = part[(part["metric"] == metric) & (part["method"] == "data")]["value"]
         if len(floor):
             ax.axhline(floor.mean(), color="grey", ls=":", label="data vs data (floor)")
-        ylabel = "classifier FID to test set" if metric == "fid_classifier" else "exact W2 to test set"
-        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=ylabel, title=dataset)
+        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=METRIC_LABELS[metric], title=dataset)
         ax.legend(fontsize=7)
     save_figure(fig, out_png)
     plt.close(fig)

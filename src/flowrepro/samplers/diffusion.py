@@ -187,21 +187,33 @@ _TABLE: dict[str, Any] = {}
 @functools.lru_cache(maxsize=None)
 def calls_for_steps(name: str, steps: int, schedule: str = "uniform") -> int:
     """Model calls the scheduler's loop will make for ``steps`` (a plan; the counter has the truth)."""
-    scheduler = make_scheduler(name, schedule)
+    scheduler = make_scheduler(name, "uniform" if schedule == "boss" else schedule)  # a BOSS grid has as many steps
     scheduler.set_timesteps(steps)
     return len(scheduler.timesteps)
 
 
-def run_scheduler(model: Callable, x_t, name: str, steps: int, schedule: str = "uniform", **overrides):
+def run_scheduler(model: Callable, x_t, name: str, steps: int, schedule: str = "uniform",
+                  timesteps: list[int] | None = None, **overrides):
     """Sample with diffusers scheduler ``name`` for ``steps`` steps.
 
     ``model(x_vp, s)`` returns eps at VE noise level s; ``x_t`` is the starting noise in VP space
-    (unit variance). Returns (x at the final level, VP space; the final VE sigma).
+    (unit variance). ``timesteps`` (descending training steps, e.g. a BOSS grid) replace the
+    scheduler's own spacing where it accepts custom ones. Returns (x at the final level, VP space;
+    (first, final) VE sigma).
     """
+    import inspect
+
     import torch
 
-    scheduler = make_scheduler(name, schedule, **overrides)
-    scheduler.set_timesteps(steps)
+    if schedule == "boss" and timesteps is None:
+        raise ValueError(f"{name}: the boss schedule needs its timesteps (flowrepro.samplers.boss_diffusion.boss_timesteps)")
+    scheduler = make_scheduler(name, "uniform" if timesteps is not None else schedule, **overrides)
+    if timesteps is not None:
+        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(f"{name} ({type(scheduler).__name__}) takes no custom timesteps, so no BOSS grid")
+        scheduler.set_timesteps(timesteps=[int(t) for t in timesteps])
+    else:
+        scheduler.set_timesteps(steps)
     levels, final = _levels(scheduler)
     x = x_t * scheduler.init_noise_sigma  # sigma-space schedulers keep y = x / alpha
     with torch.no_grad():
@@ -239,8 +251,8 @@ def reference_endpoint(exact: ExactMixture, x_t, s_start: float, s_ends: list[fl
 
 
 def _register(name: str) -> None:
-    def sampler(model, x_t, steps: int, schedule: str = "uniform", **overrides):
-        return run_scheduler(model, x_t, name, steps, schedule, **overrides)
+    def sampler(model, x_t, steps: int, schedule: str = "uniform", timesteps=None, **overrides):
+        return run_scheduler(model, x_t, name, steps, schedule, timesteps, **overrides)
 
     sampler.__doc__ = f"diffusers {SCHEDULERS[name][0]} ({name}) on a VP eps-model; see run_scheduler."
     SAMPLERS.register(name)(sampler)

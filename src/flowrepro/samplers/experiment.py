@@ -8,8 +8,9 @@ Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/clai
     datasets: [gmm2d, gmm16d]
     nfe: [1, 2, ...]        NFE budgets; each sampler runs the most steps whose planned calls fit,
                             records the COUNTED calls, and skips a budget that repeats a count.
-    schedules: [uniform]    default schedules (vp: uniform | karras | logsnr, as scheduler flags;
-                            flow: any SCHEDULES name, boss estimated per seed on its own batch)
+    schedules: [uniform]    default schedules (vp: uniform | karras | logsnr, as scheduler flags, or
+                            boss as custom timesteps; flow: any SCHEDULES name; boss is estimated
+                            per seed on its own batch)
     samplers:               name -> options, all optional:
         nfe: [...]          overrides the NFE grid;  schedules: [...] overrides the schedules
         rtol: [...]         dopri5 tolerances (schedule column reads "rtol=<value>")
@@ -33,21 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from flowrepro.metrics.mmd import mmd_rbf
+
 DEFAULT_NFE = [1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50]
 TARGETS = (0.1, 0.03, 0.01)
-
-
-def mmd_rbf(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 h^2)), h = median distance within y."""
-    import torch
-
-    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    dyy = torch.cdist(y, y)
-    h = float(dyy[dyy > 0].median())
-    k = lambda d: torch.exp(-d**2 / (2 * h * h))  # noqa: E731
-    n, m = len(x), len(y)
-    kxx, kyy = k(torch.cdist(x, x)), k(dyy)
-    return float((kxx.sum() - n) / (n * (n - 1)) + (kyy.sum() - m) / (m * (m - 1)) - 2 * k(torch.cdist(x, y)).mean())
 
 
 def _data_var(gmm) -> float:
@@ -150,15 +140,24 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
         return x, model.calls, case.reference(None)
     if sampler == "ddim_ts":
         x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, case.data_var, **{k: v for k, v in options.items() if k == "window"})
+    elif schedule == "boss":  # Bellman-optimal training steps, handed to the scheduler as custom timesteps
+        if not case.boss_grids:
+            case.boss_grids.update(_boss(case, options))
+        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule, timesteps=case.boss_grids[steps])
     else:
         x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule)
     return x, model.calls, case.reference(levels)
 
 
-def _boss(case: _Case, options: dict) -> dict[int, np.ndarray]:
+def _boss(case: _Case, options: dict) -> dict[int, Any]:
+    """BOSS grids for K <= 50, estimated on the case's own batch (flow times, or VP training steps)."""
+    from flowrepro.samplers.boss_diffusion import boss_timesteps
     from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
 
-    fine, cost = bellman_costs(case.exact.velocity, case.boss_batch, int(options.get("n_fine", 100)))
+    n_fine = int(options.get("n_fine", 100))
+    if case.harness == "vp":
+        return boss_timesteps(case.exact.eps, case.boss_batch, 50, n_fine)
+    fine, cost = bellman_costs(case.exact.velocity, case.boss_batch, n_fine)
     return bellman_schedules(fine, cost, 50)
 
 
@@ -193,7 +192,7 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                         rows.append({**base, "dataset": dataset, "sampler": "target", "schedule": "", "nfe": 0,
                                      "seed": seed, "metric": metric, "value": fn(case.target2, case.target), "wall_s": 0.0})
                 for sampler, options in experiment["samplers"].items():
-                    options = options or {}
+                    options = {**experiment.get("boss", {}), **(options or {})}  # BOSS sizes reach _boss
                     settings_list = ([("rtol=%g" % r, None, {**options, "rtol": r}) for r in options.get("rtol", [1e-3])]
                                      if sampler == "dopri5" else
                                      [(sch, b, options) for sch in options.get("schedules", experiment.get("schedules", ["uniform"]))

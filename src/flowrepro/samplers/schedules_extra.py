@@ -63,19 +63,24 @@ def _reference_trajectory(velocity: Callable, x0, fine: np.ndarray, substeps: in
     return points
 
 
-def bellman_costs(velocity: Callable, x0, n_fine: int = 100, substeps: int = 4, method: str = "euler"):
-    """Fine grid and the (N+1, N+1) matrix of mean one-step local errors c(i, j), i < j (inf elsewhere)."""
+def bellman_costs(velocity: Callable, x0, n_fine: int = 100, substeps: int = 4, method: str = "euler",
+                  fine: np.ndarray | None = None):
+    """Fine grid and the (N+1, N+1) matrix of mean one-step local errors c(i, j), i < j (inf elsewhere).
+
+    ``fine`` overrides the uniform grid on [0, 1] (e.g. the flow times of a diffusion's training steps).
+    """
     import torch
 
     from flowrepro.samplers.ode import integrate_fixed
 
-    fine = np.linspace(0.0, 1.0, n_fine + 1)
+    fine = np.linspace(0.0, 1.0, n_fine + 1) if fine is None else np.asarray(fine, dtype=np.float64)
+    n_fine = len(fine) - 1
     ref = _reference_trajectory(velocity, x0, fine, substeps)
     cost = np.full((n_fine + 1, n_fine + 1), np.inf)
     with torch.no_grad():
         for i in range(n_fine):
             if method == "euler":  # one velocity call serves every jump from i
-                v = velocity(ref[i], torch.full((len(x0),), fine[i], dtype=x0.dtype))
+                v = velocity(ref[i], torch.full((len(x0),), fine[i], dtype=x0.dtype, device=x0.device))
                 for j in range(i + 1, n_fine + 1):
                     cost[i, j] = float((ref[j] - ref[i] - (fine[j] - fine[i]) * v).norm(dim=-1).mean())
             else:

@@ -54,6 +54,7 @@ def interpolant_sde(model, x0, times, epsilon: float = 1.0, seed: int = 0):
 
 
 interpolant_sde.calls_per_step = 1
+interpolant_sde.stochastic = True  # takes seed=: its own noise, fixed per run
 
 
 @SAMPLERS.register("pc")
@@ -90,6 +91,7 @@ def predictor_corrector(model, x0, times, snr: float = 0.16, seed: int = 0):
 
 
 predictor_corrector.calls_per_step = 2
+predictor_corrector.stochastic = True
 
 
 class PerturbedVelocity:

@@ -61,7 +61,25 @@ def steps_for_budget(name: str, nfe: int, schedule: str = "uniform") -> int:
     return best
 
 
-def sample(model, x0, scheduler: str, steps: int, schedule: str = "uniform"):
-    """Samples from noise ``x0`` with diffusers ``scheduler``; returns data-space samples."""
-    x, _ = diffusion.run_scheduler(EpsilonAtLevel(model), x0, scheduler, steps, schedule)
+def sample(model, x0, scheduler: str, steps: int, schedule: str = "uniform", timesteps: list[int] | None = None):
+    """Samples from noise ``x0`` with diffusers ``scheduler``; returns data-space samples.
+
+    ``timesteps``: custom descending training steps (a BOSS grid from :func:`boss_grids`).
+    """
+    x, _ = diffusion.run_scheduler(EpsilonAtLevel(model), x0, scheduler, steps, schedule, timesteps)
+    return x
+
+
+def boss_grids(model, batch, max_steps: int, n_fine: int = 100, substeps: int = 4) -> dict[int, list[int]]:
+    """BOSS training steps for every K <= ``max_steps``, the local errors measured on the trained model."""
+    from flowrepro.samplers.boss_diffusion import boss_timesteps
+
+    return boss_timesteps(EpsilonAtLevel(model), batch, max_steps, n_fine, substeps)
+
+
+def sample_time_shift(model, x0, steps: int, data_var: float, window: int = 20):
+    """Time-shifted DDIM (:func:`flowrepro.samplers.time_shift.ddim_time_shift`) on a trained model."""
+    from flowrepro.samplers.time_shift import ddim_time_shift
+
+    x, _ = ddim_time_shift(EpsilonAtLevel(model), x0, steps, data_var, window)
     return x

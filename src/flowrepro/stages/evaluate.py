@@ -1,8 +1,14 @@
 """evaluate: turn a flow experiment's samples into the tidy metrics table.
 
-Rows: w2 (exact, POT, on flattened samples) and nfe for every sampler run, plus fid_classifier
-for image datasets (Fréchet distance in the features of the dataset's own classifier, see
-:mod:`flowrepro.metrics.fid`); straightness and transport_cost from each seed's Euler trajectory;
+Rows: w2 (exact, POT, on flattened samples) and nfe for every sampler run; fid_classifier for
+image datasets (Fréchet distance in the features of the dataset's own classifier, see
+:mod:`flowrepro.metrics.fid`); sliced_w2 and mmd for vector datasets only (sliced W2 over 128
+directions of fixed seed 0; unbiased squared MMD, Gaussian kernel at the test set's median
+distance, on fixed random subsets of at most ``MMD_MAX_POINTS`` points; see
+:mod:`flowrepro.metrics`; on images one median bandwidth in pixel space means little and
+fid_classifier covers them); solver_error, the mean distance of each run's samples to a fine solve
+of the model's own ODE from the same noise, where the experiment asks for that ``reference:``;
+straightness and transport_cost from each seed's Euler trajectory;
 ``method=data`` rows, the distance between two finite samples of the target itself (the floor no
 model can go below at this sample size); and ``method=noise`` rows, the source N(0, I) itself
 (where every model starts: the ceiling).
@@ -23,7 +29,6 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     from flowrepro import provenance
     from flowrepro.config import flow_settings
     from flowrepro.metrics.flow import straightness, transport_cost
-    from flowrepro.metrics.wasserstein import exact_w2
 
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
     references = {path: io.load_npz(path) for path in data_files}
@@ -33,15 +38,9 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     rows = []
 
     def quality(samples: np.ndarray, dataset: str, test: np.ndarray) -> dict[str, float]:
-        values = {"w2": exact_w2(samples.reshape(len(samples), -1), test.reshape(len(test), -1))}
-        if dataset in IMAGE_DATASETS:
-            if dataset not in classifiers:
-                raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
-            from flowrepro.metrics.fid import fid_classifier
-            from flowrepro.stages.classifier import stats_path
-
-            values["fid_classifier"] = fid_classifier(samples, classifiers[dataset], stats_path(classifiers[dataset]))
-        return values
+        if dataset in IMAGE_DATASETS and dataset not in classifiers:
+            raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
+        return quality_metrics(samples, dataset, test, classifiers.get(dataset))
 
     for data_path, arrays in references.items():
         dataset = _dataset_name(data_path)
@@ -74,6 +73,10 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
             for metric, value in quality(samples[run_info["key"]], dataset, test).items():
                 rows.append({**row, "metric": metric, "value": value})
             rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
+            reference_key = f"reference/seed{run_info['seed']}"
+            if reference_key in samples:  # mean distance to the fine solve of the same ODE from the same noise
+                gap = samples[run_info["key"]] - samples[reference_key]
+                rows.append({**row, "metric": "solver_error", "value": float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())})
         times = samples["trajectory_times"]
         for seed in scale["seeds"]:
             trajectory = samples[f"trajectory/seed{seed}"]
@@ -88,6 +91,34 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     provenance.write_for(out, experiment_file, scale_file, device=scale.get("device", "auto"),
                          features="; ".join(features) or None)
     print(f"evaluate: wrote {out} ({len(rows)} rows)")
+
+
+#: MMD on at most this many points per set: its O(n^2) cost (~0.2 s at 2000 points) runs once per
+#: sampler run; a fixed subset keeps the estimate unbiased, only noisier.
+MMD_MAX_POINTS = 1000
+
+
+def quality_metrics(samples: np.ndarray, dataset: str, test: np.ndarray, classifier: str | None = None) -> dict[str, float]:
+    """Distances of ``samples`` to the ``test`` set: w2 always; fid_classifier for image datasets
+    (``classifier``: the dataset's classifier file, required there); sliced_w2 and mmd for vector
+    datasets (deterministic: fixed projection and subset seeds)."""
+    from flowrepro.metrics.mmd import mmd_rbf
+    from flowrepro.metrics.sliced import sliced_wasserstein
+    from flowrepro.metrics.wasserstein import exact_w2
+
+    flat, flat_test = samples.reshape(len(samples), -1), test.reshape(len(test), -1)
+    values = {"w2": exact_w2(flat, flat_test)}
+    if dataset in IMAGE_DATASETS:
+        if classifier is None:
+            raise KeyError(f"image dataset {dataset!r} needs its classifier (results/classifiers/{dataset}.pt)")
+        from flowrepro.metrics.fid import fid_classifier
+        from flowrepro.stages.classifier import stats_path
+
+        values["fid_classifier"] = fid_classifier(samples, classifier, stats_path(classifier))
+    else:
+        values["sliced_w2"] = sliced_wasserstein(flat, flat_test, seed=0)
+        values["mmd"] = mmd_rbf(flat, flat_test, max_points=MMD_MAX_POINTS, seed=0)
+    return values
 
 
 def _classifier_accuracy(classifier_file: str) -> float:

@@ -9,7 +9,7 @@ from flowrepro.config import load_experiment
 
 
 def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_files: list[str], out_dir: str) -> None:
-    """Flow experiments: quality_vs_nfe, then per dataset samples_<dataset> and (2-D) trajectories_<dataset>."""
+    """Flow experiments: quality_vs_nfe (and solver_error_vs_nfe), then per dataset samples_<dataset> and (2-D) trajectories_<dataset>."""
     import json
 
     import matplotlib
@@ -27,8 +27,12 @@ def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_f
         for target in benchmark.plot(experiment_file, metrics_file, out_dir):
             print(f"plot: wrote {target}")
         return
+    table = io.read_table(metrics_file)
     targets = [str(out / "quality_vs_nfe.png")]
-    flow.quality_vs_nfe(io.read_table(metrics_file), targets[0])
+    flow.quality_vs_nfe(table, targets[0])
+    if (table["metric"] == "solver_error").any():  # experiments with a reference: solve
+        targets.append(str(out / "solver_error_vs_nfe.png"))
+        flow.quality_vs_nfe(table, targets[-1], metric="solver_error")
     for data_file in data_files:
         dataset = Path(data_file).name.removesuffix(".npz")
         mine = [p for p in sample_files if json.loads(str(io.load_npz(p)["runs"]))["dataset"] == dataset]

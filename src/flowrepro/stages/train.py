@@ -67,7 +67,8 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
     init = torch.load(init_file, map_location=device, weights_only=False) if init_file else None
 
     result = {"experiment": experiment["id"], "dataset": dataset, "model": model_name, "shape": shape,
-              "spec": spec, "settings": settings, "steps": config.steps, "seeds": {}}
+              "spec": spec, "settings": settings, "steps": config.steps, "seeds": {},
+              "data_var": float(data.flatten(1).var(dim=0).mean())}  # tr Cov / d: what time-shift samplers match
     for seed in scale["seeds"]:
         torch.manual_seed(seed)
         model = build_model(shape, settings).to(device)
@@ -79,7 +80,8 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
             coupling = lambda n, g, p=seed_pairs: couplings.reflow(p, n, g)  # noqa: E731
         else:
             pair_up = COUPLINGS.get(spec.get("coupling", "independent"))
-            coupling = lambda n, g, f=pair_up: f(data, n, g)  # noqa: E731
+            options = {"reg": spec["coupling_reg"]} if "coupling_reg" in spec else {}  # e.g. minibatch_sinkhorn's
+            coupling = lambda n, g, f=pair_up, o=options: f(data, n, g, **o)  # noqa: E731
         checkpoint = Path(f"{out}.seed{seed}.ckpt")
         start = time.perf_counter()
         history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{experiment['id']}/{dataset}/{model_name}/seed{seed}",
