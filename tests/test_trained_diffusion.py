@@ -75,3 +75,23 @@ def test_time_shift_on_the_trained_interface_with_no_window_is_ddim():
     assert counter.calls == 8
     shifted = trained_diffusion.sample_time_shift(model, x_t, 8, data_var=1.0, window=20)
     assert not torch.allclose(shifted, ddim)  # the window moves the evaluation times
+
+
+def test_lms_coefficients_are_computed_once_and_unchanged(monkeypatch):
+    """The LMS coefficient cache returns diffusers' own numbers and skips the quadrature on a repeat run."""
+    import diffusers
+
+    exact = diffusion.ExactMixture(MIXTURE)
+    x_t = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    diffusion._LMS_COEFFICIENTS.clear()
+    cached, _ = diffusion.run_scheduler(exact.eps, x_t, "lms", 8)
+    quadratures = []
+    original = diffusers.LMSDiscreteScheduler.get_lms_coefficient
+    monkeypatch.setattr(diffusers.LMSDiscreteScheduler, "get_lms_coefficient",
+                        lambda self, *a: quadratures.append(a) or original(self, *a))
+    again, _ = diffusion.run_scheduler(exact.eps, x_t, "lms", 8)
+    assert quadratures == []  # every coefficient came from the cache
+    diffusion._LMS_COEFFICIENTS.clear()
+    fresh, _ = diffusion.run_scheduler(exact.eps, x_t, "lms", 8)
+    assert quadratures  # a cleared cache integrates again
+    assert torch.equal(cached, again) and torch.equal(cached, fresh)

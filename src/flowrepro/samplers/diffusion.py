@@ -152,7 +152,28 @@ def make_scheduler(name: str, schedule: str = "uniform", **overrides):
         options["thresholding"] = False
     if flags and "final_sigmas_type" in params:
         options["final_sigmas_type"] = "zero"  # Karras / Lu lambdas + sigma_min: a zero-length last step gives NaN
-    return cls(**options)
+    scheduler = cls(**options)
+    if hasattr(scheduler, "get_lms_coefficient"):
+        _cache_lms_coefficients(scheduler)
+    return scheduler
+
+
+#: LMS coefficients by (sigmas, order, step, term): diffusers integrates each one with scipy's quad
+#: at every step (1.8 ms per call here, against 0.1 ms for the other schedulers' adapters); a
+#: schedule gives the same numbers every run, so each is computed once per process.
+_LMS_COEFFICIENTS: dict[tuple, float] = {}
+
+
+def _cache_lms_coefficients(scheduler) -> None:
+    compute = scheduler.get_lms_coefficient
+
+    def cached(order, t, current_order):
+        key = (tuple(float(s) for s in scheduler.sigmas), order, t, current_order)
+        if key not in _LMS_COEFFICIENTS:
+            _LMS_COEFFICIENTS[key] = compute(order, t, current_order)
+        return _LMS_COEFFICIENTS[key]
+
+    scheduler.get_lms_coefficient = cached
 
 
 def _levels(scheduler) -> tuple[list[float], float]:
