@@ -34,6 +34,8 @@ def regression(path, loss_fn: Callable, prediction: str = "velocity") -> Callabl
 def velocity_consistency(path, segments: int = 2, delta: float = 0.01, alpha: float = 1e-5) -> Callable:
     import torch
 
+    from flowrepro.generative.paths import per_sample
+
     def objective(model, x0, x1, t, target_model=None):
         if target_model is None:
             raise ValueError("velocity_consistency needs the EMA target model")
@@ -41,13 +43,12 @@ def velocity_consistency(path, segments: int = 2, delta: float = 0.01, alpha: fl
         start, end = segment / segments, (segment + 1) / segments
         t = start + (t * segments - segment) * (end - start - delta)  # both t and t+dt inside one segment
         r = t + delta
-        shape = (-1, *([1] * (x0.dim() - 1)))
         xt, xr = path.sample(x0, x1, t), path.sample(x0, x1, r)
         vt = model(xt, t)
         with torch.no_grad():
             vr = target_model(xr, r)
-        ft = xt + (end - t).reshape(shape) * vt
-        fr = xr + (end - r).reshape(shape) * vr
+        ft = xt + per_sample(end - t, x0) * vt
+        fr = xr + per_sample(end - r, x0) * vr
         return ((ft - fr) ** 2).flatten(1).sum(1).mean() + alpha * ((vt - vr) ** 2).flatten(1).sum(1).mean()
 
     return objective

@@ -14,23 +14,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-
-def _expand(value, like):
-    return value.reshape(-1, *([1] * (like.dim() - 1)))
+from flowrepro.generative.paths import per_sample
 
 
 def epsilon_to_velocity(path, x, t, epsilon):
-    a, b, da, db = (_expand(c, x) for c in path.coefficients(t))
+    a, b, da, db = (per_sample(c, x) for c in path.coefficients(t))
     return da * epsilon + db * (x - a * epsilon) / b
 
 
 def velocity_to_epsilon(path, x, t, velocity):
-    a, b, da, db = (_expand(c, x) for c in path.coefficients(t))
+    a, b, da, db = (per_sample(c, x) for c in path.coefficients(t))
     return (db * x - b * velocity) / (db * a - b * da)
 
 
 def epsilon_to_score(path, x, t, epsilon):
-    a, _, _, _ = (_expand(c, x) for c in path.coefficients(t))
+    a, _, _, _ = (per_sample(c, x) for c in path.coefficients(t))
     return -epsilon / a
 
 

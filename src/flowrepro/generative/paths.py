@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from flowrepro.registry import PATHS
 
 
+
+def per_sample(value, like):
+    """A per-sample (n,) tensor reshaped to broadcast over a batch shaped like ``like`` (n, ...)."""
+    return value.reshape(-1, *([1] * (like.dim() - 1)))
+
 class AffinePath:
     """x_t = a(t) x0 + b(t) x1; subclasses give the scalar coefficients and their derivatives."""
 
@@ -27,17 +32,13 @@ class AffinePath:
         """Return a(t), b(t), a'(t), b'(t) for a tensor t."""
         raise NotImplementedError
 
-    @staticmethod
-    def _shape(t, like):
-        return t.reshape(-1, *([1] * (like.dim() - 1)))
-
     def sample(self, x0, x1, t):
         a, b, _, _ = self.coefficients(t)
-        return self._shape(a, x0) * x0 + self._shape(b, x0) * x1
+        return per_sample(a, x0) * x0 + per_sample(b, x0) * x1
 
     def velocity(self, x0, x1, t):
         _, _, da, db = self.coefficients(t)
-        return self._shape(da, x0) * x0 + self._shape(db, x0) * x1
+        return per_sample(da, x0) * x0 + per_sample(db, x0) * x1
 
 
 @PATHS.register("linear")

@@ -30,17 +30,16 @@ def quality_vs_nfe(table, out_png: str, metric: str | None = None) -> None:
 
     datasets = [d for d in dict.fromkeys(table["dataset"]) if metric is None or (table[table["dataset"] == d]["metric"] == metric).any()]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    chosen = metric
     for ax, dataset in zip(axes[0], datasets):
         part = table[table["dataset"] == dataset]
-        metric = chosen or ("fid_classifier" if (part["metric"] == "fid_classifier").any() else "w2")
-        rows = part[(part["metric"] == metric) & ~part["method"].isin(["data", "noise"])].copy()
+        shown = metric or ("fid_classifier" if (part["metric"] == "fid_classifier").any() else "w2")
+        rows = part[(part["metric"] == shown) & ~part["method"].isin(["data", "noise"])].copy()
         rows["run"] = rows["method"] + " / " + rows["sampler"]
         sns.lineplot(data=rows, x="nfe", y="value", hue="run", marker="o", errorbar="sd", ax=ax)
-        floor = part[(part["metric"] == metric) & (part["method"] == "data")]["value"]
+        floor = part[(part["metric"] == shown) & (part["method"] == "data")]["value"]
         if len(floor):
             ax.axhline(floor.mean(), color="grey", ls=":", label="data vs data (floor)")
-        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=METRIC_LABELS[metric], title=dataset)
+        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=METRIC_LABELS[shown], title=dataset)
         ax.legend(fontsize=7)
     save_figure(fig, out_png)
     plt.close(fig)

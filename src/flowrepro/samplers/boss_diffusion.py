@@ -16,7 +16,6 @@ grid that is optimal for the first-order step: the paper's own choice of cost (E
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -43,16 +42,13 @@ def boss_timesteps(eps_model: Callable, batch, max_steps: int, n_fine: int = 100
     The fine grid is ``n_fine + 1`` training steps evenly spaced from 999 to 0; the K chosen
     starting steps of the K jumps are returned (the scheduler's final jump goes to its last level).
     """
-    from flowrepro.samplers.diffusion import TRAIN_CONFIG, make_scheduler
-    from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
+    from flowrepro.samplers.diffusion import training_alphas_cumprod, vp_alpha_sigma
+    from flowrepro.samplers.schedules_extra import boss_grids
 
-    last = TRAIN_CONFIG["num_train_timesteps"] - 1
-    steps = np.unique(np.round(np.linspace(last, 0, n_fine + 1)).astype(int))[::-1]  # descending
-    acp = make_scheduler("ddim").alphas_cumprod.double().numpy()[steps]
-    levels = np.sqrt((1.0 - acp) / acp)
+    table = training_alphas_cumprod()
+    steps = np.unique(np.round(np.linspace(len(table) - 1, 0, n_fine + 1)).astype(int))[::-1]  # descending
+    levels = np.sqrt((1.0 - table[steps]) / table[steps])
     fine = 1.0 / (1.0 + levels)  # increasing flow time u
-    start = levels[0]
-    z0 = batch / (1.0 / math.sqrt(1.0 + start**2) * (1.0 + start))  # x_vp / (alpha + sigma) at the first level
-    fine, cost = bellman_costs(flow_velocity_of_eps(eps_model), z0, substeps=substeps, fine=fine)
-    grids = bellman_schedules(fine, cost, max_steps)
+    z0 = batch / sum(vp_alpha_sigma(float(levels[0])))  # x_vp / (alpha + sigma) at the first level
+    grids = boss_grids(flow_velocity_of_eps(eps_model), z0, max_steps, substeps=substeps, fine=fine)
     return {k: [int(steps[np.searchsorted(fine, u)]) for u in grid[:-1]] for k, grid in grids.items()}

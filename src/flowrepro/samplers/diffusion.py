@@ -189,20 +189,28 @@ def _levels(scheduler) -> tuple[list[float], float]:
     return ve, math.sqrt(max(1 - final, 0.0) / final)
 
 
+@functools.lru_cache(maxsize=None)
+def training_alphas_cumprod() -> np.ndarray:
+    """alphabar_t of the shared training schedule (TRAIN_CONFIG), t = 0 .. 999, float64, read-only."""
+    table = make_scheduler("ddim").alphas_cumprod.double().numpy()
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _training_log_sigmas() -> np.ndarray:
+    acp = training_alphas_cumprod()
+    return 0.5 * np.log((1 - acp) / acp)
+
+
 def timestep_for_level(s: float) -> float:
     """Continuous training timestep whose VE sigma is s (log-sigma interpolation, as diffusers does).
 
     A trained network takes a timestep, not a sigma: this is how it is evaluated at the noise level
     the scheduler actually uses, fractional timesteps (Karras, logSNR) included.
     """
-    acp = make_scheduler("ddim").alphas_cumprod.double().numpy() if _TABLE.get("log_sigmas") is None else None
-    if acp is not None:
-        _TABLE["log_sigmas"] = 0.5 * np.log((1 - acp) / acp)
-    log_sigmas = _TABLE["log_sigmas"]
+    log_sigmas = _training_log_sigmas()
     return float(np.interp(math.log(max(s, 1e-12)), log_sigmas, np.arange(len(log_sigmas))))
-
-
-_TABLE: dict[str, Any] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,4 +291,4 @@ for _name in SCHEDULERS:
     _register(_name)
 
 __all__ = ["SCHEDULERS", "ExactMixture", "NFECounter", "exact_eps", "make_scheduler", "run_scheduler", "reference_endpoint",
-           "calls_for_steps", "timestep_for_level", "vp_alpha_sigma"]
+           "calls_for_steps", "timestep_for_level", "training_alphas_cumprod", "vp_alpha_sigma"]

@@ -119,9 +119,9 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
             return x, model.calls, case.reference(None)
         from torchdiffeq import odeint
 
-        from flowrepro.samplers.diffusion import make_scheduler, vp_alpha_sigma
+        from flowrepro.samplers.diffusion import training_alphas_cumprod, vp_alpha_sigma
         model = NFECounter(case.exact.velocity)  # the PF-ODE in flow form needs the velocity, not eps
-        acp = float(make_scheduler("ddim").alphas_cumprod[-1])
+        acp = float(training_alphas_cumprod()[-1])
         s0 = ((1 - acp) / acp) ** 0.5
         scale0 = sum(vp_alpha_sigma(s0))
         grid = torch.tensor([1 / (1 + s0), 1.0], dtype=torch.float64)
@@ -152,13 +152,12 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
 def _boss(case: _Case, options: dict) -> dict[int, Any]:
     """BOSS grids for K <= 50, estimated on the case's own batch (flow times, or VP training steps)."""
     from flowrepro.samplers.boss_diffusion import boss_timesteps
-    from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
+    from flowrepro.samplers.schedules_extra import boss_grids
 
     n_fine = int(options.get("n_fine", 100))
     if case.harness == "vp":
         return boss_timesteps(case.exact.eps, case.boss_batch, 50, n_fine)
-    fine, cost = bellman_costs(case.exact.velocity, case.boss_batch, n_fine)
-    return bellman_schedules(fine, cost, 50)
+    return boss_grids(case.exact.velocity, case.boss_batch, 50, n_fine)
 
 
 def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> None:

@@ -110,8 +110,14 @@ def bellman_schedules(fine: np.ndarray, cost: np.ndarray, max_steps: int) -> dic
     return grids
 
 
+def boss_grids(velocity: Callable, x0, max_steps: int, n_fine: int = 100, substeps: int = 4, method: str = "euler",
+               fine: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Bellman-optimal grids for every K <= ``max_steps``, estimated once on the batch ``x0``."""
+    fine, cost = bellman_costs(velocity, x0, n_fine, substeps, method, fine)
+    return bellman_schedules(fine, cost, max_steps)
+
+
 @SCHEDULES.register("boss")
 def boss(steps: int, velocity: Callable, x0, n_fine: int = 100, substeps: int = 4, method: str = "euler") -> np.ndarray:
     """Bellman-optimal K-step grid for ``velocity`` estimated on the batch ``x0`` (keep it apart from eval noise)."""
-    fine, cost = bellman_costs(velocity, x0, n_fine, substeps, method)
-    return bellman_schedules(fine, cost, steps)[steps]
+    return boss_grids(velocity, x0, steps, n_fine, substeps, method)[steps]

@@ -18,6 +18,7 @@ Two network calls per step; the output is the last predictor's mean (no final no
 """
 from __future__ import annotations
 
+from flowrepro.generative.paths import per_sample
 from flowrepro.registry import SAMPLERS
 
 
@@ -45,7 +46,7 @@ def interpolant_sde(model, x0, times, epsilon: float = 1.0, seed: int = 0):
             h = float(t_next - t_now)
             t = torch.full((x.shape[0],), float(t_now), dtype=x.dtype, device=x.device)
             velocity, noise_prediction = model.velocity_and_epsilon(x, t)
-            a = path.coefficients(t)[0].reshape(-1, *([1] * (x.dim() - 1)))
+            a = per_sample(path.coefficients(t)[0], x)
             drift = velocity - epsilon * a * noise_prediction
             x = x + h * drift
             if i < len(times) - 2:  # no noise on the last step: it lands on the data
@@ -67,13 +68,12 @@ def predictor_corrector(model, x0, times, snr: float = 0.16, seed: int = 0):
     if not isinstance(path, VPPath):
         raise ValueError(f"the predictor-corrector sampler needs a model trained on the vp path, not {type(path).__name__}")
     generator = torch.Generator().manual_seed(seed)
-    shape = (-1, *([1] * (x0.dim() - 1)))
     times = [min(float(t), 1 - path.t_eps) for t in times]
     x = x0
 
     def score(x, t_now):
         t = torch.full((x.shape[0],), t_now, dtype=x.dtype, device=x.device)
-        return -model.epsilon(x, t) / path.coefficients(t)[0].reshape(shape)
+        return -model.epsilon(x, t) / per_sample(path.coefficients(t)[0], x)
 
     with torch.no_grad():
         for t_now, t_next in zip(times[:-1], times[1:]):

@@ -44,13 +44,6 @@ def time_shift(step: Callable, model: Callable, x, times: Sequence[float], windo
 
 # --- the VP-diffusion instance: DDIM with integer training timesteps --------------------------------
 
-def _ddim_tables():
-    from flowrepro.samplers.diffusion import make_scheduler
-
-    acp = make_scheduler("ddim").alphas_cumprod.double().numpy()
-    return acp
-
-
 @SAMPLERS.register("ddim_ts")
 def ddim_time_shift(model: Callable, x_t, steps: int, data_var: float, window: int = 20, **_):
     """DDIM (trailing timesteps, final alpha = 1) with time shift within +-``window`` training steps.
@@ -60,7 +53,9 @@ def ddim_time_shift(model: Callable, x_t, steps: int, data_var: float, window: i
     """
     import math
 
-    acp = _ddim_tables()
+    from flowrepro.samplers.diffusion import training_alphas_cumprod
+
+    acp = training_alphas_cumprod()
     ratio = 1000 / steps
     nominal = [int(v) for v in np.round(np.arange(1000, 0, -ratio)).astype(np.int64) - 1] + [-1]
     alpha_bar = lambda t: 1.0 if t < 0 else float(acp[int(t)])  # noqa: E731  (t = -1: data, alpha = 1)

@@ -63,7 +63,7 @@ def _boss_grids(model, options: dict, settings: dict, diffusers_scheduler: bool,
     """
     from flowrepro.samplers import trained_diffusion
     from flowrepro.samplers.nfe import NFECounter
-    from flowrepro.samplers.schedules_extra import bellman_costs, bellman_schedules
+    from flowrepro.samplers.schedules_extra import boss_grids
 
     sizes = {key: int(options.get(key, settings.get("boss", {}).get(key, default))) for key, default in BOSS_OPTIONS.items()}
     batch = _noise(sizes["n_calibration"], shape, seed + 900, device)  # apart from evaluation and reflow noise
@@ -71,15 +71,14 @@ def _boss_grids(model, options: dict, settings: dict, diffusers_scheduler: bool,
     if diffusers_scheduler:
         grids = trained_diffusion.boss_grids(counter, batch, max_steps, sizes["n_fine"], sizes["substeps"])
     else:
-        fine, cost = bellman_costs(counter, batch, sizes["n_fine"], sizes["substeps"])
-        grids = bellman_schedules(fine, cost, max_steps)
+        grids = boss_grids(counter, batch, max_steps, sizes["n_fine"], sizes["substeps"])
     return grids, counter.calls
 
 
 def run(experiment_file: str, scale_file: str, model_file: str, out: str, method: str | None = None) -> None:
     from flowrepro.config import flow_settings
     from flowrepro.registry import SAMPLERS, load_plugins
-    from flowrepro.samplers import ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
+    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
     from flowrepro.samplers.nfe import NFECounter
     from flowrepro.stages.train import load_models
 
@@ -103,7 +102,7 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str, method
             grids, calibration_nfe = {}, 0
             if options.get("schedule") == "boss":
                 max_steps = max(kwargs["steps"] for _, kwargs in settings_list)
-                grids, calibration_nfe = _boss_grids(field, options, settings, name in trained_diffusion.diffusion.SCHEDULERS,
+                grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
                                                      max_steps, info["shape"], seed, device)
                 print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
             for schedule, kwargs in settings_list:
