@@ -28,7 +28,7 @@ EXPERIMENT_FILES = {Path(experiment_path(e)).stem: experiment_path(e) for e in c
 EXPERIMENTS = {name: load_experiment(path) for name, path in EXPERIMENT_FILES.items()}
 FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
 BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
-MODEL_OWNERS = shared_models(FLOW)  # model key -> the first experiment/model/dataset defining it
+MODEL_OWNERS = shared_models(FLOW, SCALE)  # model key -> the first experiment/model/dataset defining it
 
 
 # Tiny models are overhead-bound: one thread per job, two jobs side by side, beats two threads

@@ -58,3 +58,21 @@ def test_loaders_name_the_file(tmp_path):
     broken.write_text("scale: [tiny\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_scale(broken)
+
+
+def test_an_ema_decay_the_scale_gives_anyway_shares_the_model():
+    from flowrepro.config import model_key, shared_models
+
+    def experiment(**spec):
+        return {"kind": "flow", "datasets": ["moons", "digits"], "models": {"m": {"path": "linear", **spec}}}
+
+    scale = {"scale": "t", "flow2d": {}, "flow_images": {"ema_decay": 0.99}}
+    plain, explicit = experiment(), experiment(ema_decay=0.99)
+    # digits: the scale's EMA is 0.99, so both train the same weights and share one key
+    assert model_key(plain, "m", "digits", scale) == model_key(explicit, "m", "digits", scale)
+    # moons: no EMA unless asked, so an explicit 0.99 is a different model
+    assert model_key(plain, "m", "moons", scale) != model_key(explicit, "m", "moons", scale)
+    # without the scale nothing is assumed
+    assert model_key(plain, "m", "digits") != model_key(explicit, "m", "digits")
+    owners = shared_models({"a": plain, "b": explicit}, scale)
+    assert sorted((o["experiment"], o["dataset"]) for o in owners.values()) == [("a", "digits"), ("a", "moons"), ("b", "moons")]

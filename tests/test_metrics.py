@@ -69,3 +69,22 @@ def test_quality_rows_vector_data_get_sliced_w2_and_mmd_images_do_not(monkeypatc
     assert set(quality_metrics(images, "digits", test_images, "results/classifiers/digits.pt")) == {"w2", "fid_classifier"}
     with pytest.raises(KeyError, match="classifier"):
         quality_metrics(images, "digits", test_images)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sorted_columns_match_torch_sort_exactly(dtype):
+    import torch
+
+    from flowrepro.metrics.sliced import _sorted_columns
+
+    x = torch.randn(301, 17, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dtype))
+    x[::7] = x[1]  # ties
+    assert torch.equal(_sorted_columns(x), torch.sort(x, dim=0).values)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_lower_median_is_torch_median(n):
+    from flowrepro.metrics.mmd import _lower_median
+
+    values = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    assert _lower_median(values) == float(values.median())

@@ -81,3 +81,20 @@ def test_time_shift_on_a_model_without_data_var_names_the_file(trained, tmp_path
     shifted = _experiment(tmp_path, "time_shift_trained", sampling={"ddim_ts": {"nfe": [5]}})
     with pytest.raises(KeyError, match="old.pt: no data_var"):
         sample.run(str(shifted), str(scale), str(old), str(tmp_path / "ts.npz"))
+
+
+def test_a_sampling_entry_runs_only_for_the_models_it_names(trained):
+    tmp_path, scale, data, models = trained
+    sampling = {"euler": {"nfe": [2]}, "euler_perturbed": {"sampler": "euler", "nfe": [2], "velocity_error": 0.5,
+                                                           "models": ["fm_vp"]}}
+    experiment = _experiment(tmp_path, "boss_trained", sampling=sampling)
+    sample.run(str(experiment), str(scale), str(models["fm_ot"]), str(tmp_path / "ot.npz"), method="fm_ot")
+    sample.run(str(experiment), str(scale), str(models["fm_ot"]), str(tmp_path / "vp.npz"), method="fm_vp")
+    assert {r["sampler"] for r in _runs(tmp_path / "ot.npz")} == {"euler"}
+    assert {r["sampler"] for r in _runs(tmp_path / "vp.npz")} == {"euler", "euler_perturbed"}
+
+    from flowrepro.config import ConfigError, load_experiment
+
+    typo = _experiment(tmp_path, "boss_trained", sampling={"euler": {"nfe": [2], "models": ["fm_oot"]}})
+    with pytest.raises(ConfigError, match="sampling/euler/models.*fm_oot"):
+        load_experiment(typo)

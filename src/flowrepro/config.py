@@ -87,6 +87,9 @@ def _check_piece_names(experiment: dict, path: str | Path) -> None:
         sampler = options.get("sampler", label)
         if sampler not in registry.SAMPLERS:
             raise ConfigError(f"{path}: sampling/{label}: unknown sampler {sampler!r}; known: {registry.SAMPLERS.names()}")
+        unknown = sorted(set(options.get("models", [])) - set(experiment["models"]))
+        if unknown:
+            raise ConfigError(f"{path}: sampling/{label}/models: unknown model(s) {unknown}; known: {sorted(experiment['models'])}")
         schedule = options.get("schedule", "uniform")
         if schedule not in registry.SCHEDULES:
             raise ConfigError(f"{path}: sampling/{label}/schedule: unknown schedule {schedule!r}; known: {registry.SCHEDULES.names()}")
@@ -114,26 +117,38 @@ MODEL_DEFAULTS = {"path": "linear", "coupling": "independent", "optimizer": "ada
                   "loss": "mse", "prediction": "velocity", "objective": "regression"}
 
 
-def model_key(experiment: dict, name: str, dataset: str) -> str:
+def ema_decay(spec: dict, settings: dict) -> float:
+    """EMA decay of a model: its spec's, else the scale's; consistency FM needs one (its target)."""
+    default = 0.99 if spec.get("objective") == "velocity_consistency" else 0.0
+    return float(spec.get("ema_decay", settings.get("ema_decay", default)))
+
+
+def model_key(experiment: dict, name: str, dataset: str, scale: dict | None = None) -> str:
     """A short hash of everything that determines a trained model: dataset and spec, with the
     models it starts from or takes reflow pairs from replaced by their own keys.
 
     Experiments that define the same model (rectified flow's 1-RF is also the baseline of
     improved_rf, multisample_fm and stochastic_interpolants) share one file and one training job.
-    The scale's settings are not in the key: the workflow reruns the job when they change.
+    The scale's settings are not in the key: the workflow reruns the job when they change. Given
+    the ``scale``, an ``ema_decay`` equal to the one the scale gives anyway is dropped, so
+    ``{path: linear, ema_decay: 0.99}`` and ``{path: linear}`` share a job where the scale's EMA is 0.99.
     """
     import hashlib
     import json
 
     spec = MODEL_DEFAULTS | experiment["models"][name]  # {path: linear} and {path: linear, coupling: independent} are one model
+    if scale is not None and "ema_decay" in spec:
+        settings = flow_settings(scale, dataset)
+        if float(spec["ema_decay"]) == ema_decay({k: v for k, v in spec.items() if k != "ema_decay"}, settings):
+            del spec["ema_decay"]
     for key in ("pairs_from", "init"):
         if key in spec:
-            spec[key] = model_key(experiment, spec[key], dataset)
+            spec[key] = model_key(experiment, spec[key], dataset, scale)
     text = json.dumps({"dataset": dataset, "spec": spec, "plugins": experiment.get("plugins", [])}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def shared_models(experiments: dict[str, dict]) -> dict[str, dict]:
+def shared_models(experiments: dict[str, dict], scale: dict | None = None) -> dict[str, dict]:
     """key -> {experiment, model, dataset} of the first experiment defining each distinct model."""
     owners: dict[str, dict] = {}
     for experiment_id, experiment in experiments.items():
@@ -141,7 +156,7 @@ def shared_models(experiments: dict[str, dict]) -> dict[str, dict]:
             continue
         for dataset in experiment["datasets"]:
             for name in experiment["models"]:
-                owners.setdefault(model_key(experiment, name, dataset),
+                owners.setdefault(model_key(experiment, name, dataset, scale),
                                   {"experiment": experiment_id, "model": name, "dataset": dataset})
     return owners
 

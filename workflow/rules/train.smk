@@ -3,7 +3,7 @@
 
 
 def model_file(experiment, model, dataset):
-    return f"results/models/{dataset}/{model_key(EXPERIMENTS[experiment], model, dataset)}.pt"
+    return f"results/models/{dataset}/{model_key(EXPERIMENTS[experiment], model, dataset, SCALE)}.pt"
 
 
 def train_inputs(wildcards):

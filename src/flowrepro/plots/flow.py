@@ -9,9 +9,17 @@ from flowrepro import io
 
 
 def save_figure(fig, out_png: str) -> None:
+    """Write ``out_png`` and a vector ``.pdf`` beside it, both cropped to the figure's tight box.
+
+    The box is measured once (one draw) and handed to both saves: ``bbox_inches="tight"`` would
+    draw the figure again for each file, half of the plot stage's time.
+    """
+    import matplotlib
+
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
     for path in (out_png, out_png.removesuffix(".png") + ".pdf"):
         with io.atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.rsplit(".", 1)[1], dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=path.rsplit(".", 1)[1], dpi=120, bbox_inches=box)
 
 
 #: y-axis label of each metric quality_vs_nfe can draw.

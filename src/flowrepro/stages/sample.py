@@ -93,7 +93,8 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str, method
     for seed, model in models.items():
         x0 = _noise(settings["n_eval"], info["shape"], seed, device)
         for label, options in experiment["sampling"].items():
-            if info["dataset"] not in options.get("datasets", [info["dataset"]]):
+            if info["dataset"] not in options.get("datasets", [info["dataset"]]) or \
+                    (method or info["model"]) not in options.get("models", [method or info["model"]]):
                 continue
             name, settings_list = sampler_runs(label, options)
             sampler = SAMPLERS.get(name)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from flowrepro import io
-from flowrepro.config import load_experiment, load_scale, pick_device
+from flowrepro.config import ema_decay, load_experiment, load_scale, pick_device
 
 
 def build_model(shape: tuple[int, ...], settings: dict):
@@ -22,12 +22,6 @@ def build_model(shape: tuple[int, ...], settings: dict):
     from flowrepro.models.unet import build_unet
 
     return build_unet(tuple(shape), settings["channels"], settings.get("layers_per_block", 1))
-
-
-def ema_decay(spec: dict, settings: dict) -> float:
-    """EMA decay of a model: its spec's, else the scale's; consistency FM needs one (its target)."""
-    default = 0.99 if spec.get("objective") == "velocity_consistency" else 0.0
-    return float(spec.get("ema_decay", settings.get("ema_decay", default)))
 
 
 def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, data_file: str,
