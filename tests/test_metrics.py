@@ -71,7 +71,7 @@ def test_quality_rows_vector_data_get_sliced_w2_and_mmd_images_do_not(monkeypatc
         quality_metrics(images, "digits", test_images)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 def test_sorted_columns_match_torch_sort_exactly(dtype):
     import torch
 

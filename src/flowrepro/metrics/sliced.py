@@ -67,6 +67,6 @@ def _sorted_columns(x):
     import numpy as np
     import torch
 
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):  # NumPy has no bfloat16
         return torch.sort(x, dim=0).values
     return torch.from_numpy(np.sort(x.detach().numpy(), axis=0))
