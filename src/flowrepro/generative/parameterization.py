@@ -28,8 +28,7 @@ def velocity_to_epsilon(path, x, t, velocity):
 
 
 def epsilon_to_score(path, x, t, epsilon):
-    a, _, _, _ = (per_sample(c, x) for c in path.coefficients(t))
-    return -epsilon / a
+    return -epsilon / per_sample(path.coefficients(t)[0], x)
 
 
 class AsVelocity:

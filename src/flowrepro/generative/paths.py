@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from flowrepro.registry import PATHS
 
 
-
 def per_sample(value, like):
     """A per-sample (n,) tensor reshaped to broadcast over a batch shaped like ``like`` (n, ...)."""
     return value.reshape(-1, *([1] * (like.dim() - 1)))
+
 
 class AffinePath:
     """x_t = a(t) x0 + b(t) x1; subclasses give the scalar coefficients and their derivatives."""

@@ -90,11 +90,11 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str, method
     times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)  # the straightness grid
     arrays: dict[str, np.ndarray] = {"trajectory_times": times}
     runs = []
+    method = method or info["model"]  # this experiment's name for the (possibly shared) model
     for seed, model in models.items():
         x0 = _noise(settings["n_eval"], info["shape"], seed, device)
         for label, options in experiment["sampling"].items():
-            if info["dataset"] not in options.get("datasets", [info["dataset"]]) or \
-                    (method or info["model"]) not in options.get("models", [method or info["model"]]):
+            if info["dataset"] not in options.get("datasets", [info["dataset"]]) or method not in options.get("models", [method]):
                 continue
             name, settings_list = sampler_runs(label, options)
             sampler = SAMPLERS.get(name)
@@ -137,7 +137,7 @@ def run(experiment_file: str, scale_file: str, model_file: str, out: str, method
             arrays[f"reference/seed{seed}"] = ode.integrate_fixed(model, x0, fine, reference["sampler"]).cpu().numpy()
         _, trajectory = ode.integrate_fixed(model, x0, times, "euler", return_trajectory=True)
         arrays[f"trajectory/seed{seed}"] = trajectory.cpu().numpy()
-    arrays["runs"] = np.array(json.dumps({"model": method or info["model"], "dataset": info["dataset"], "runs": runs}))
+    arrays["runs"] = np.array(json.dumps({"model": method, "dataset": info["dataset"], "runs": runs}))
     io.save_npz(out, **arrays)
     print(f"sample: wrote {out} ({len(runs)} runs)")
 
