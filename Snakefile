@@ -4,7 +4,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from flowrepro.config import IMAGE_DATASETS, flow_settings, load_experiment, load_scale, model_key, shared_models
+from flowrepro.config import (IMAGE_DATASETS, bind_roles, check_dataset_sizes, flow_settings, load_experiment,
+                              load_scale, model_key, shared_models, training_settings)
 from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 
 min_version("8.0")
@@ -13,10 +14,13 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
-# Validate everything before any job runs: the config, the scale file, each experiment file.
+# Validate everything before any job runs: the config, the scale file, each experiment file, and
+# that the scale's datasets can supply its sample sizes.
 validate(config, "workflow/schemas/config.schema.yaml")
 SCALE_FILE = f"config/scales/{config['scale']}.yaml"
 SCALE = load_scale(SCALE_FILE)
+SEEDS = SCALE["seeds"]
+SEED_JOBS = SCALE.get("seed_jobs", False)  # small/paper: each seed of a model trains in its own job
 
 
 def experiment_path(entry):
@@ -25,9 +29,11 @@ def experiment_path(entry):
 
 
 EXPERIMENT_FILES = {Path(experiment_path(e)).stem: experiment_path(e) for e in config["experiments"]}  # id -> file
-EXPERIMENTS = {name: load_experiment(path) for name, path in EXPERIMENT_FILES.items()}
+# Dataset roles (images) bound to this scale's datasets (digits, mnist, cifar10).
+EXPERIMENTS = {name: bind_roles(load_experiment(path), SCALE, path) for name, path in EXPERIMENT_FILES.items()}
 FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
 BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
+check_dataset_sizes(SCALE, {d for e in FLOW.values() for d in e["datasets"]}, SCALE_FILE)
 MODEL_OWNERS = shared_models(FLOW, SCALE)  # model key -> the first experiment/model/dataset defining it
 
 

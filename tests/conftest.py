@@ -30,7 +30,7 @@ def shrink_scale(scale: dict, flow2d_steps: int = 60) -> dict:
     scale["seeds"] = [0]
     scale["flow2d"].update(n_train=2000, n_test=500, width=32, depth=2, steps=flow2d_steps, batch_size=64,
                            checkpoint_every=20, reflow_pairs=500, pair_steps=5, n_eval=200, trajectory_steps=10)
-    scale["flow_images"].update(channels=[8, 16], steps=20, batch_size=16, checkpoint_every=10, reflow_pairs=100,
+    scale["flow_images"].update(network="unet_smoke", steps=20, batch_size=16, checkpoint_every=10, reflow_pairs=100,
                                 pair_steps=2, n_eval=100, trajectory_steps=4)
     return scale
 

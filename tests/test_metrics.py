@@ -64,7 +64,7 @@ def test_quality_rows_vector_data_get_sliced_w2_and_mmd_images_do_not(monkeypatc
     assert values == quality_metrics(samples, "moons", test)  # fixed projection and subset seeds
     assert values["sliced_w2"] <= values["w2"] + 1e-9  # every 1-D projection is 1-Lipschitz: SW2 <= W2
 
-    monkeypatch.setattr("flowrepro.metrics.fid.fid_classifier", lambda samples, classifier, stats: 1.0)
+    monkeypatch.setattr("flowrepro.metrics.fid.fid_classifier", lambda samples, classifier, stats, batch_size=1000: 1.0)
     images, test_images = rng.standard_normal((50, 1, 8, 8)), rng.standard_normal((50, 1, 8, 8))
     assert set(quality_metrics(images, "digits", test_images, "results/classifiers/digits.pt")) == {"w2", "fid_classifier"}
     with pytest.raises(KeyError, match="classifier"):

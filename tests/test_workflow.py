@@ -22,9 +22,9 @@ def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
     assert (dopri["value"] >= 6).all()  # counted from real calls, not assumed
 
     claims = pd.read_csv(results / "rectified_flow/claims.csv")
-    assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better", "reflow_straightens_digits",
-                                       "one_step_far_better_digits", "distill_improves_one_step",
-                                       "distill_improves_one_step_digits"}
+    assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better", "reflow_straightens_images",
+                                       "one_step_far_better_images", "distill_improves_one_step",
+                                       "distill_improves_one_step_images"}
     assert set(claims["status"]) <= {"pass", "fail"}  # both ran; either verdict is a result
     assert claims["observed"].notna().all() and claims["threshold"].notna().all()
 

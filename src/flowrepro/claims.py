@@ -182,10 +182,15 @@ def _matches(cell: Any, wanted: str) -> bool:
         return str(cell) == wanted
 
 
-def select(table, ref: Ref) -> tuple[float, float, int]:
-    """Mean, std and number of seeds of the rows that ``ref`` picks from a tidy table."""
+def select(table, ref: Ref, roles: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Mean, std and number of seeds of the rows that ``ref`` picks from a tidy table.
+
+    ``roles`` maps a dataset role to the scale's dataset (``dataset=images`` picks cifar10's rows at
+    paper scale), so one claim serves every scale."""
     rows = table[table["metric"] == ref.metric]
     for key, wanted in ref.filters:
+        if key == "dataset" and roles:
+            wanted = roles.get(wanted, wanted)
         rows = rows[rows[key].map(lambda cell, w=wanted: _matches(cell, w)).astype(bool)]  # a list mask of [] would select columns
     if rows.empty:
         raise MissingRows(f"no rows for {ref}")
@@ -197,27 +202,28 @@ def select(table, ref: Ref) -> tuple[float, float, int]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
 
 
-def _evaluate(node, table, seen: dict[str, tuple[float, float, int]]) -> float:
+def _evaluate(node, table, seen: dict[str, tuple[float, float, int]], roles: dict | None = None) -> float:
     kind = node[0]
     if kind == "num":
         return node[1]
     if kind == "ref":
-        seen[str(node[1])] = select(table, node[1])
+        seen[str(node[1])] = select(table, node[1], roles)
         return seen[str(node[1])][0]
     if kind == "neg":
-        return -_evaluate(node[1], table, seen)
+        return -_evaluate(node[1], table, seen, roles)
     if kind == "call":
-        return float(FUNCTIONS[node[1]](*[_evaluate(a, table, seen) for a in node[2]]))
-    left, right = _evaluate(node[1], table, seen), _evaluate(node[2], table, seen)
+        return float(FUNCTIONS[node[1]](*[_evaluate(a, table, seen, roles) for a in node[2]]))
+    left, right = _evaluate(node[1], table, seen, roles), _evaluate(node[2], table, seen, roles)
     return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else math.inf}[kind]
 
 
-def check_claim(expr: str, table) -> dict[str, Any]:
-    """Evaluate one claim: status, observed (left sides), threshold (right sides), detail."""
+def check_claim(expr: str, table, roles: dict[str, str] | None = None) -> dict[str, Any]:
+    """Evaluate one claim: status, observed (left sides), threshold (right sides), detail.
+    ``roles``: dataset role -> the scale's dataset (see :func:`select`)."""
     comparisons = parse_claim(expr)
     seen: dict[str, tuple[float, float, int]] = {}
     try:
-        results = [(op, _evaluate(l, table, seen), _evaluate(r, table, seen)) for op, l, r in comparisons]
+        results = [(op, _evaluate(l, table, seen, roles), _evaluate(r, table, seen, roles)) for op, l, r in comparisons]
     except MissingRows as missing:
         return {"status": "not-run", "observed": "", "threshold": "", "detail": str(missing)}
     passed = all(COMPARISONS[op](l, r) for op, l, r in results)

@@ -10,8 +10,8 @@ import sys
 
 STAGES = """stages, in workflow order:
   acquire        make or download a dataset -> data/<name>.npz (+ .sha256)
-  train          train one model of a flow experiment, all seeds -> results/models/<dataset>/<key>.pt
-  reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> results/models/<dataset>/<key>.pairs.npz
+  train          train one model of a flow experiment, all seeds or one -> results/models/<dataset>/<key>[.seed<k>].pt
+  reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> results/models/<dataset>/<key>[.seed<k>].pairs.npy
   sample         run every sampler of the experiment on one model, NFE counted -> samples/...npz
   evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
   classifier     train an image dataset's FID classifier -> results/classifiers/<dataset>.pt (+ .stats.npz)
@@ -44,23 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--download-dir", default="data/downloads")
-    p.add_argument("--mirror", default=None, help="base URL to download from instead of the default mirror")
+    p.add_argument("--mirror", default=None,
+                   help="base URL (http(s):// or file://) or local directory to download from instead of the default mirror")
+    p.add_argument("--digest", action="append", default=None, metavar="FILENAME=HEX",
+                   help="replace a file's published digest (md5: 32 hex, sha256: 64 hex), e.g. for a local "
+                        "stand-in archive; repeatable")
 
-    p = stage("train", "train one model of a flow experiment (all seeds)")
+    p = stage("train", "train one model of a flow experiment (all seeds, or one with --seed)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--pairs", default=None, help="reflow pairs (for coupling: reflow)")
-    p.add_argument("--init", default=None, help="model file whose weights initialise this one")
+    p.add_argument("--seed", type=int, default=None, help="train only this seed of the scale (its own job at small/paper)")
+    p.add_argument("--pairs", default=None, help="reflow pairs .npy (for coupling: reflow)")
+    p.add_argument("--init", nargs="+", default=None, help="model file(s) whose weights initialise this one (one per seed, or one for all)")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
 
     p = stage("reflow-pairs", "generate reflow pairs from a trained model", experiment=False)
-    p.add_argument("--model-file", required=True)
+    p.add_argument("--model-file", nargs="+", required=True, help="the model's file, or one file per seed")
     p.add_argument("--out", required=True)
 
     p = stage("sample", "run the experiment's samplers on one trained model")
-    p.add_argument("--model-file", required=True)
+    p.add_argument("--model-file", nargs="+", required=True, help="the model's file, or one file per seed")
     p.add_argument("--method", default=None, help="the model's name in this experiment (default: its name in the experiment that trained it)")
     p.add_argument("--out", required=True)
 
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = stage("claims", "check the experiment's claims", scale=False)
+    p.add_argument("--scale", default=None, help="config/scales/<scale>.yaml: maps dataset roles (images) in claims to datasets")
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", required=True)
 
@@ -113,14 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stage == "acquire":
+        from flowrepro.data.download import DigestError
         from flowrepro.stages import acquire
 
-        acquire.run(args.dataset, args.out, args.n_train, args.n_test, args.seed, args.download_dir, args.mirror)
+        try:
+            digests = acquire.parse_digests(args.digest)
+            acquire.run(args.dataset, args.out, args.n_train, args.n_test, args.seed, args.download_dir, args.mirror,
+                        digests)
+        except DigestError as error:
+            # A mistyped --digest is a usage error: a message, not a traceback.
+            raise SystemExit(f"acquire: {error}") from error
     elif args.stage == "train":
+        from flowrepro.generative.training import Interrupted
         from flowrepro.stages import train
 
-        train.run(args.experiment, args.scale, args.dataset, args.model, args.data, args.out,
-                  args.pairs, args.init, progress=not args.no_progress)
+        try:
+            train.run(args.experiment, args.scale, args.dataset, args.model, args.data, args.out,
+                      args.pairs, args.init, progress=not args.no_progress, seed=args.seed)
+        except Interrupted as stopped:  # SLURM's time limit or preemption: the retry resumes from the checkpoint
+            print(f"train: {stopped}", file=sys.stderr)
+            return 143
     elif args.stage == "reflow-pairs":
         from flowrepro.stages import sample
 
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "claims":
         from flowrepro.stages import claims
 
-        claims.run(args.experiment, args.metrics, args.out)
+        claims.run(args.experiment, args.metrics, args.out, args.scale)
     elif args.stage == "plot":
         from flowrepro.stages import plot
 

@@ -53,6 +53,55 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+class NpzWriter:
+    """An ``.npz`` written one array at a time (as ``np.savez_compressed`` lays it out), so a stage
+    holds one array in memory, not all; the file appears at ``path`` only when the block succeeds."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+
+    def __enter__(self) -> "NpzWriter":
+        import zipfile
+
+        self._atomic = atomic_path(self.path)
+        self._zip = zipfile.ZipFile(self._atomic.__enter__(), "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self._names: set[str] = set()
+        return self
+
+    def add(self, name: str, array: Any) -> None:
+        if name in self._names:
+            raise KeyError(f"{self.path}: array {name!r} written twice")
+        self._names.add(name)
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
+
+    def __exit__(self, *exc) -> None:
+        self._zip.close()
+        self._atomic.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def npy_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32) -> Iterator[np.ndarray]:
+    """A writable memory-mapped ``.npy`` of ``shape``: filled in place (larger than memory is fine),
+    flushed and renamed onto ``path`` only when the block succeeds."""
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        yield array
+        array.flush()
+        del array
+
+
+@contextlib.contextmanager
+def open_npz(path: str | os.PathLike) -> Iterator[Any]:
+    """An ``.npz`` opened lazily: each array is read when indexed (no pickles)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (has its acquire/sample job run?)") from None
+    with data:
+        yield data
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -2,6 +2,9 @@ rule claims:
     input:
         experiment=experiment_file,
         metrics="results/{experiment}/metrics.csv",
+    params:
+        scale_file=SCALE_FILE,
+        roles=SCALE.get("roles", {}),  # claims select datasets by role: a change of mapping re-runs them
     output:
         report(
             "results/{experiment}/claims.csv",
@@ -13,4 +16,5 @@ rule claims:
     benchmark:
         "logs/benchmarks/claims/{experiment}.tsv"
     shell:
-        "flowrepro claims --experiment {input.experiment} --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "flowrepro claims --experiment {input.experiment} --scale {params.scale_file} --metrics {input.metrics}"
+        " --out {output} > {log} 2>&1"

@@ -17,7 +17,7 @@ def flow_classifiers(wildcards):
 
 
 def flow_experiment_settings(wildcards):
-    return {d: flow_settings(SCALE, d) for d in EXPERIMENTS[wildcards.experiment]["datasets"]} | {"seeds": SCALE["seeds"]}
+    return {d: flow_settings(SCALE, d) for d in EXPERIMENTS[wildcards.experiment]["datasets"]} | {"seeds": SEEDS}
 
 
 rule classifier:
@@ -26,17 +26,20 @@ rule classifier:
     output:
         model="results/classifiers/{dataset}.pt",
         stats="results/classifiers/{dataset}.stats.npz",
+    params:
+        steps=lambda wildcards: f"--steps {flow_settings(SCALE, wildcards.dataset)['classifier_steps']}"
+        if "classifier_steps" in flow_settings(SCALE, wildcards.dataset) else "",
     wildcard_constraints:
         dataset="|".join(IMAGE_DATASETS),
     threads: JOB_THREADS
     resources:
-        gpu=0 if config["scale"] == "tiny" else 1,
+        gpu=0 if config["scale"] in ("tiny", "smoke") else 1,
     log:
         "logs/classifier/{dataset}.log",
     benchmark:
         "logs/benchmarks/classifier/{dataset}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro classifier --data {input.data} --out {output.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} flowrepro classifier --data {input.data} --out {output.model} {params.steps} > {log} 2>&1"
 
 
 rule evaluate:

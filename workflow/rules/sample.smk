@@ -1,17 +1,17 @@
 rule sample:
     input:
         experiment=experiment_file,
-        model=lambda wildcards: model_file(wildcards.experiment, wildcards.model, wildcards.dataset),
+        model=lambda wildcards: model_files(wildcards.experiment, wildcards.model, wildcards.dataset),
     params:
         scale_file=SCALE_FILE,
-        settings=lambda wildcards: flow_settings(SCALE, wildcards.dataset) | {"seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
+        settings=lambda wildcards: flow_settings(SCALE, wildcards.dataset) | {"seeds": SEEDS},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         "results/{experiment}/samples/{dataset}/{model}.npz",
     resources:
         # A GPU (sbatch --gpus=1) at small/paper scale; tiny runs on CPU-only nodes.
-        gpu=0 if config["scale"] == "tiny" else 1,
-        runtime={"tiny": 10, "small": 30}.get(config["scale"], 120),  # minutes
-        mem_mb={"tiny": 2000, "small": 4000}.get(config["scale"], 16000),
+        gpu=0 if config["scale"] in ("tiny", "smoke") else 1,
+        runtime={"tiny": 10, "smoke": 10, "small": 30}.get(config["scale"], 120),  # minutes
+        mem_mb={"tiny": 2000, "smoke": 4000, "small": 4000}.get(config["scale"], 16000),
     threads: JOB_THREADS
     log:
         "logs/sample/{experiment}/{dataset}/{model}.log",

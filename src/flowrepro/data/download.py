@@ -1,7 +1,8 @@
 """Downloads with checksum verification, retries and no partial files left behind.
 
 Only the ``acquire`` stage calls this, and only for paper-scale datasets (MNIST, CIFAR-10).
-Tests point it at a local HTTP server.
+Tests point it at a local HTTP server; a local directory (a ``file://`` URL) can stand in for
+the network too.
 """
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+# hex length of a digest -> the algorithm that produces it
+DIGEST_ALGORITHMS = {32: "md5", 64: "sha256"}
+
 
 class ChecksumError(RuntimeError):
     """A downloaded file's digest differs from the published one."""
+
+
+class DigestError(ValueError):
+    """A digest override is malformed or names a file the dataset does not download."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,24 @@ class Resource:
     filename: str
     digest: str
     algorithm: str = "md5"
+
+
+def digest_algorithm(filename: str, digest: str) -> str:
+    """The algorithm of a hex ``digest`` given for ``filename``, told by its length (md5 or sha256)."""
+    algorithm = DIGEST_ALGORITHMS.get(len(digest))
+    if algorithm is None or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise DigestError(f"digest for {filename}: {digest!r} is neither an md5 (32 hex characters) "
+                          f"nor a sha256 (64 hex characters)")
+    return algorithm
+
+
+def mirror_url(mirror: str | os.PathLike) -> str:
+    """A base URL ending in '/', from a URL or a local directory (which becomes a file:// URL)."""
+    text = os.fspath(mirror)
+    if "://" not in text:
+        # A plain path: urllib fetches local files through file:// URLs.
+        text = Path(text).expanduser().resolve().as_uri()
+    return text if text.endswith("/") else text + "/"
 
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
@@ -43,8 +70,11 @@ def download(resource: Resource, directory: str | os.PathLike, retries: int = 3,
 
     A file already present with the right digest is kept. The download streams into a temp
     file that is renamed only after its digest matches; on a mismatch the temp file is deleted
-    and :class:`ChecksumError` names the URL and both digests. Network errors are retried.
+    and :class:`ChecksumError` names the URL and both digests. Network errors are retried;
+    a ``file://`` URL is tried once, since a missing local file does not appear on retry.
     """
+    if urllib.parse.urlparse(resource.url).scheme == "file":
+        retries = 1
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / resource.filename
@@ -76,4 +106,5 @@ def download(resource: Resource, directory: str | os.PathLike, retries: int = 3,
         finally:
             if tmp.exists():
                 tmp.unlink()
-    raise RuntimeError(f"{resource.url}: download failed after {retries} attempts: {last_error}") from last_error
+    attempts = f"{retries} attempt{'s' if retries > 1 else ''}"
+    raise RuntimeError(f"{resource.url}: download failed after {attempts}: {last_error}") from last_error

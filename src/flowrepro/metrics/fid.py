@@ -159,15 +159,17 @@ def _as_float_images(images, clip: bool) -> np.ndarray:
     return np.clip(array, -1.0, 1.0) if clip else array
 
 
-def classifier_features(model, images, batch_size: int = 1000) -> np.ndarray:
-    """Penultimate-layer features (n, d), float64, of images (n, C, H, W) or (n, C*H*W)."""
+def classifier_features(model, images, batch_size: int = 1000, clip: bool = False) -> np.ndarray:
+    """Penultimate-layer features (n, d), float64, of images (n, C, H, W) or (n, C*H*W); ``clip``
+    clips each batch to [-1, 1] (batch by batch: no copy of the whole set)."""
     import torch
 
     images = np.asarray(images, dtype=np.float32)
     parts = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            parts.append(model.features(torch.as_tensor(images[start:start + batch_size])).double().numpy())
+            batch = _as_float_images(images[start:start + batch_size], clip)
+            parts.append(model.features(torch.as_tensor(batch)).double().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.arch["feature_dim"]))
 
 
@@ -186,6 +188,6 @@ def fid_classifier(samples, classifier_file: str | os.PathLike, stats_file: str 
     if "classifier_sha256" in stats and str(stats["classifier_sha256"]) != sha:
         raise ValueError(f"{stats_file} was computed with another classifier than {classifier_file} "
                          "(rerun `flowrepro classifier` to rewrite both)")
-    features = classifier_features(model, _as_float_images(samples, clip), batch_size)
+    features = classifier_features(model, samples, batch_size, clip=clip)
     mu, sigma = feature_statistics(features)
     return frechet_distance(mu, sigma, stats["mu"], stats["sigma"])

@@ -67,10 +67,16 @@ def samples(sample_files: list[str], data_file: str, out_png: str, n_images: int
 
     2-D data as scatter plots; images as a grid, one row per (model, NFE), the data first.
     """
+    import contextlib
+
     import matplotlib.pyplot as plt
 
-    loaded = [io.load_npz(p) for p in sample_files]
-    test = io.load_npz(data_file)["test"]
+    with contextlib.ExitStack() as stack:  # sample files opened lazily: only the plotted runs are read
+        loaded = [stack.enter_context(io.open_npz(p)) for p in sample_files]
+        _samples(loaded, io.load_npz(data_file)["test"], out_png, n_images, plt)
+
+
+def _samples(loaded: list, test: np.ndarray, out_png: str, n_images: int, plt) -> None:
     if test.ndim == 4:
         rows = [("data", test[:n_images])]
         for arrays in loaded:
@@ -106,10 +112,10 @@ def trajectories(sample_files: list[str], out_png: str, n_paths: int = 60) -> No
 
     fig, axes = plt.subplots(1, len(sample_files), figsize=(3.2 * len(sample_files), 3.2), squeeze=False, sharex=True, sharey=True)
     for ax, path in zip(axes[0], sample_files):
-        arrays = io.load_npz(path)
-        index = json.loads(str(arrays["runs"]))
-        seed = min(r["seed"] for r in index["runs"])
-        paths = arrays[f"trajectory/seed{seed}"][:, :n_paths]
+        with io.open_npz(path) as arrays:
+            index = json.loads(str(arrays["runs"]))
+            seed = min(r["seed"] for r in index["runs"])
+            paths = arrays[f"trajectory/seed{seed}"][:, :n_paths]
         ax.plot(paths[:, :, 0], paths[:, :, 1], lw=0.6, alpha=0.7, color="tab:blue")
         ax.scatter(paths[0, :, 0], paths[0, :, 1], s=4, c="k")
         ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=8, c="tab:red", marker="x")

@@ -12,6 +12,9 @@ straightness and transport_cost from each seed's Euler trajectory;
 ``method=data`` rows, the distance between two finite samples of the target itself (the floor no
 model can go below at this sample size); and ``method=noise`` rows, the source N(0, I) itself
 (where every model starts: the ceiling).
+
+Sizes: each run has ``n_eval`` samples; exact W2 (O(n^3)) uses the first ``w2_points`` of them
+(default all) against as many test points; sample files are read one run at a time.
 """
 from __future__ import annotations
 
@@ -21,16 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from flowrepro import io
-from flowrepro.config import IMAGE_DATASETS, load_experiment, load_scale
+from flowrepro.config import IMAGE_DATASETS, bind_roles, load_experiment, load_scale
 
 
 def run(experiment_file: str, scale_file: str, data_files: list[str], sample_files: list[str], out: str,
         classifier_files: list[str] = ()) -> None:
     from flowrepro import provenance
     from flowrepro.config import flow_settings
-    from flowrepro.metrics.flow import straightness, transport_cost
 
-    experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
+    scale = load_scale(scale_file)
+    experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
     references = {path: io.load_npz(path) for path in data_files}
     classifiers = {Path(path).stem: path for path in classifier_files}
     accuracies = {dataset: _classifier_accuracy(path) for dataset, path in classifiers.items()}  # read once
@@ -40,18 +43,23 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     def quality(samples: np.ndarray, dataset: str, test: np.ndarray) -> dict[str, float]:
         if dataset in IMAGE_DATASETS and dataset not in classifiers:
             raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
-        return quality_metrics(samples, dataset, test, classifiers.get(dataset))
+        settings = flow_settings(scale, dataset)
+        return quality_metrics(samples, dataset, test, classifiers.get(dataset), settings.get("w2_points"),
+                               settings.get("sample_batch", 1000))
+
+    def w2_reference(data_path: str) -> np.ndarray:  # the test points the samples are compared with
+        return references[data_path]["test"][:flow_settings(scale, _dataset_name(data_path))["n_eval"]]
 
     for data_path, arrays in references.items():
         dataset = _dataset_name(data_path)
         n_eval = flow_settings(scale, dataset)["n_eval"]
-        test = arrays["test"][:n_eval]
+        _check_size(data_path, arrays, n_eval, flow_settings(scale, dataset), scale_file)
         for seed in scale["seeds"]:
             rng = np.random.default_rng(seed)
-            other = arrays["train"][rng.choice(len(arrays["train"]), n_eval, replace=False)]
-            noise = rng.standard_normal(test.shape).astype(np.float32)
-            for method, samples in (("data", other), ("noise", noise)):
-                for metric, value in quality(samples, dataset, test).items():
+            draws = {"data": lambda: arrays["train"][rng.choice(len(arrays["train"]), n_eval, replace=False)],
+                     "noise": lambda: rng.standard_normal((n_eval, *arrays["train"].shape[1:])).astype(np.float32)}
+            for method, draw in draws.items():  # one at a time: memory for one set of n_eval points
+                for metric, value in quality(draw(), dataset, w2_reference(data_path)).items():
                     rows.append({**base, "dataset": dataset, "method": method, "sampler": "", "schedule": "", "nfe": 0,
                                  "seed": seed, "metric": metric, "value": value, "wall_s": 0.0})
         if dataset in classifiers:  # how good the FID features are: the classifier's own test accuracy
@@ -59,31 +67,8 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
                          "seed": 0, "metric": "test_accuracy", "value": accuracies[dataset],
                          "wall_s": 0.0})
     for path in sample_files:
-        samples = io.load_npz(path)
-        index = json.loads(str(samples["runs"]))
-        dataset, method = index["dataset"], index["model"]
-        matching = [p for p in references if _dataset_name(p) == dataset]
-        if not matching:
-            raise KeyError(f"{path}: samples of dataset {dataset!r} but no data file for it among {list(references)}")
-        test = references[matching[0]]["test"][:flow_settings(scale, dataset)["n_eval"]]
-        for run_info in index["runs"]:
-            row = {**base, "dataset": dataset, "method": method, "sampler": run_info["sampler"],
-                   "schedule": run_info["schedule"], "nfe": run_info["nfe"], "seed": run_info["seed"],
-                   "wall_s": run_info["wall_s"]}
-            for metric, value in quality(samples[run_info["key"]], dataset, test).items():
-                rows.append({**row, "metric": metric, "value": value})
-            rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
-            reference_key = f"reference/seed{run_info['seed']}"
-            if reference_key in samples:  # mean distance to the fine solve of the same ODE from the same noise
-                gap = samples[run_info["key"]] - samples[reference_key]
-                rows.append({**row, "metric": "solver_error", "value": float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())})
-        times = samples["trajectory_times"]
-        for seed in scale["seeds"]:
-            trajectory = samples[f"trajectory/seed{seed}"]
-            row = {**base, "dataset": dataset, "method": method, "sampler": "euler", "schedule": "uniform",
-                   "nfe": len(times) - 1, "seed": seed, "wall_s": 0.0}
-            rows.append({**row, "metric": "straightness", "value": straightness(trajectory, times)})
-            rows.append({**row, "metric": "transport_cost", "value": transport_cost(trajectory)})
+        with io.open_npz(path) as samples:
+            rows += _sample_rows(path, samples, references, w2_reference, quality, base, scale)
     io.write_table(out, rows)
     images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
     features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
@@ -98,8 +83,51 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
 MMD_MAX_POINTS = 1000
 
 
-def quality_metrics(samples: np.ndarray, dataset: str, test: np.ndarray, classifier: str | None = None) -> dict[str, float]:
-    """Distances of ``samples`` to the ``test`` set: w2 always; fid_classifier for image datasets
+def _sample_rows(path: str, samples, references: dict, w2_reference, quality, base: dict, scale: dict) -> list[dict]:
+    """The metric rows of one sample file (read lazily, one run at a time)."""
+    from flowrepro.metrics.flow import straightness, transport_cost
+
+    index = json.loads(str(samples["runs"]))
+    dataset, method = index["dataset"], index["model"]
+    matching = [p for p in references if _dataset_name(p) == dataset]
+    if not matching:
+        raise KeyError(f"{path}: samples of dataset {dataset!r} but no data file for it among {list(references)}")
+    test = w2_reference(matching[0])
+    rows = []
+    for run_info in index["runs"]:
+        row = {**base, "dataset": dataset, "method": method, "sampler": run_info["sampler"],
+               "schedule": run_info["schedule"], "nfe": run_info["nfe"], "seed": run_info["seed"],
+               "wall_s": run_info["wall_s"]}
+        generated = samples[run_info["key"]]
+        for metric, value in quality(generated, dataset, test).items():
+            rows.append({**row, "metric": metric, "value": value})
+        rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
+        reference_key = f"reference/seed{run_info['seed']}"
+        if reference_key in samples.files:  # mean distance to the fine solve of the same ODE from the same noise
+            gap = generated - samples[reference_key]
+            rows.append({**row, "metric": "solver_error", "value": float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())})
+    times = samples["trajectory_times"]
+    for seed in scale["seeds"]:
+        trajectory = samples[f"trajectory/seed{seed}"]
+        row = {**base, "dataset": dataset, "method": method, "sampler": "euler", "schedule": "uniform",
+               "nfe": len(times) - 1, "seed": seed, "wall_s": 0.0}
+        rows.append({**row, "metric": "straightness", "value": straightness(trajectory, times)})
+        rows.append({**row, "metric": "transport_cost", "value": transport_cost(trajectory)})
+    return rows
+
+
+def _check_size(data_path: str, arrays: dict, n_eval: int, settings: dict, scale_file: str) -> None:
+    """The data file can supply what the scale asks (a generated archive may be smaller than the real set)."""
+    if n_eval > len(arrays["train"]):
+        raise ValueError(f"{scale_file}: n_eval = {n_eval} exceeds the {len(arrays['train'])} training points of {data_path}")
+    wanted = settings.get("w2_points", n_eval)
+    if len(arrays["test"]) < wanted:
+        raise ValueError(f"{scale_file}: w2_points (default n_eval) = {wanted} exceeds the {len(arrays['test'])} test points of {data_path}")
+
+
+def quality_metrics(samples: np.ndarray, dataset: str, test: np.ndarray, classifier: str | None = None,
+                    w2_points: int | None = None, batch: int = 1000) -> dict[str, float]:
+    """Distances of ``samples`` to the ``test`` set: w2 always (exact, on the first ``w2_points`` of each); fid_classifier for image datasets
     (``classifier``: the dataset's classifier file, required there); sliced_w2 and mmd for vector
     datasets (deterministic: fixed projection and subset seeds)."""
     from flowrepro.metrics.mmd import mmd_rbf
@@ -107,14 +135,14 @@ def quality_metrics(samples: np.ndarray, dataset: str, test: np.ndarray, classif
     from flowrepro.metrics.wasserstein import exact_w2
 
     flat, flat_test = samples.reshape(len(samples), -1), test.reshape(len(test), -1)
-    values = {"w2": exact_w2(flat, flat_test)}
+    values = {"w2": exact_w2(flat[:w2_points], flat_test[:w2_points])}
     if dataset in IMAGE_DATASETS:
         if classifier is None:
             raise KeyError(f"image dataset {dataset!r} needs its classifier (results/classifiers/{dataset}.pt)")
         from flowrepro.metrics.fid import fid_classifier
         from flowrepro.stages.classifier import stats_path
 
-        values["fid_classifier"] = fid_classifier(samples, classifier, stats_path(classifier))
+        values["fid_classifier"] = fid_classifier(samples, classifier, stats_path(classifier), batch_size=batch)
     else:
         values["sliced_w2"] = sliced_wasserstein(flat, flat_test, seed=0)
         values["mmd"] = mmd_rbf(flat, flat_test, max_points=MMD_MAX_POINTS, seed=0)

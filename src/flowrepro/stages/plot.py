@@ -35,7 +35,7 @@ def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_f
         flow.quality_vs_nfe(table, targets[-1], metric="solver_error")
     for data_file in data_files:
         dataset = Path(data_file).name.removesuffix(".npz")
-        mine = [p for p in sample_files if json.loads(str(io.load_npz(p)["runs"]))["dataset"] == dataset]
+        mine = [p for p in sample_files if _sample_dataset(p) == dataset]
         targets.append(str(out / f"samples_{dataset}.png"))
         flow.samples(mine, data_file, targets[-1])
         if dataset not in IMAGE_DATASETS:
@@ -43,3 +43,10 @@ def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_f
             flow.trajectories(mine, targets[-1])
     for target in targets:
         print(f"plot: wrote {target}")
+
+
+def _sample_dataset(sample_file: str) -> str:
+    import json
+
+    with io.open_npz(sample_file) as arrays:  # reads the run index only
+        return json.loads(str(arrays["runs"]))["dataset"]

@@ -36,8 +36,18 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 STATUSES = ("pass", "fail", "not-run")
 
 
+def recipe_summary(experiment: dict, scale: dict) -> str:
+    """The experiment's image-training recipe at this scale and where it departs from the paper ('' if none)."""
+    recipe = experiment.get("recipes", {}).get(scale.get("recipes_of", scale["scale"]))
+    if not recipe:
+        return ""
+    values = ", ".join(f"{k} {v}" for k, v in recipe.items() if k not in ("sources", "deviation"))
+    deviation = " ".join(recipe.get("deviation", "").split())
+    return f"{values}." + (f" Deviation from the paper: {deviation}" if deviation else "")
+
+
 def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.DataFrame, figures: list[Path],
-                        report_dir: Path, record: dict | None = None) -> dict:
+                        report_dir: Path, record: dict | None = None, scale: dict | None = None) -> dict:
     counts = claims["status"].value_counts().to_dict()
     return {
         "id": experiment["id"], "title": experiment["title"], "source": experiment["source"],
@@ -45,6 +55,7 @@ def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.Data
         "summary": ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
         "provenance": provenance.describe(record),
         "claims": claims, "metrics": summarise(metrics), "paper_numbers": experiment.get("paper_numbers", {}),
+        "recipe": recipe_summary(experiment, scale) if scale else "",
         "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
         "wall_s": float(metrics["wall_s"].fillna(0).sum()),
         "figures": [os.path.relpath(f, report_dir) for f in figures if f.suffix == ".png"],
@@ -61,7 +72,7 @@ def run(scale_file: str, experiment_files: list[str], claims_files: list[str], m
         figures = sorted(p for p in _expand(figure_files) if p.parts[-3] == experiment["id"])
         sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
                                             io.read_table(metrics_file), figures, report_dir,
-                                            provenance.read_for(metrics_file)))
+                                            provenance.read_for(metrics_file), scale))
     header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
     io.write_text(out_md, render_markdown(sections, header))
     io.write_text(out_html, render_html(sections, header))
@@ -88,6 +99,8 @@ def render_markdown(sections: list[dict], header: str) -> str:
             lines.append(f"| {c['claim_id']}: {c['text']} | **{c['status']}** | {c['observed']} | {c['threshold']} | {c['detail']} |")
         for claim_id, reading in s["readings"].items():
             lines.append(f"\n*{claim_id}*: {reading}")
+        if s["recipe"]:
+            lines += ["", f"Training recipe of the image models at this scale: {s['recipe']}"]
         if s["paper_numbers"]:
             lines += ["", "Paper's own numbers (their scale, for reference): " +
                       "; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())]
@@ -124,6 +137,8 @@ def render_html(sections: list[dict], header: str) -> str:
                          f"<td>{esc(str(c['observed']))}</td><td>{esc(str(c['threshold']))}</td><td>{esc(c['detail'])}</td></tr>")
         parts.append("</table>")
         parts += [f"<p><i>{esc(k)}</i>: {esc(v)}</p>" for k, v in s["readings"].items()]
+        if s["recipe"]:
+            parts.append(f"<p class='recipe'>Training recipe of the image models at this scale: {esc(s['recipe'])}</p>")
         if s["paper_numbers"]:
             parts.append("<p>Paper's own numbers (their scale): " + esc("; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())) + "</p>")
         rows = len(s["metrics"])  # long tables (optimizer curves: hundreds of rows) start folded

@@ -2,8 +2,14 @@
 
 Also writes ``reflow pairs`` (``flowrepro reflow-pairs``): (x0, ODE(x0)) from a trained model.
 Output of sample: an npz with one array per run (``<sampler>/<schedule>/<setting>/seed<k>``), the
-Euler trajectory used for straightness, the experiment's ``reference:`` solve where it has one
-(``reference/seed<k>``), and a JSON index of the runs with their counted NFE.
+Euler trajectory of the first ``trajectory_samples`` noises used for straightness, the experiment's
+``reference:`` solve where it has one (``reference/seed<k>``), and a JSON index of the runs with
+their counted NFE.
+
+Memory does not grow with the number of samples beyond the outputs: the network sees at most
+``sample_batch`` samples at a time (NFE is counted per batch and averaged: an adaptive solver may
+take a different number of steps on each), each run is written to the output file as soon as it
+is done, and reflow pairs are streamed into a memory-mapped ``.npy``.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import time
 import numpy as np
 
 from flowrepro import io
-from flowrepro.config import load_experiment, load_scale, pick_device
+from flowrepro.config import bind_roles, load_experiment, load_scale, pick_device
 
 
 def _noise(n: int, shape: tuple[int, ...], seed: int, device: str):
@@ -75,95 +81,131 @@ def _boss_grids(model, options: dict, settings: dict, diffusers_scheduler: bool,
     return grids, counter.calls
 
 
-def run(experiment_file: str, scale_file: str, model_file: str, out: str, method: str | None = None) -> None:
+def batched(sampler_call, x0, batch: int, counter, device: str):
+    """``sampler_call(x0_batch, index)`` over batches of ``x0`` (kept on the CPU); returns the samples
+    (numpy), the model calls per batch (their mean, an int when every batch took the same) and the wall time."""
+    samples, calls = None, []
+    start = time.perf_counter()
+    for index, first in enumerate(range(0, len(x0), batch)):
+        counter.reset()
+        part = sampler_call(x0[first:first + batch].to(device), index).cpu().numpy()
+        calls.append(counter.reset())
+        if samples is None:  # filled in place: no second copy of the whole run
+            samples = np.empty((len(x0), *part.shape[1:]), dtype=part.dtype)
+        samples[first:first + len(part)] = part
+    wall = time.perf_counter() - start
+    nfe = calls[0] if len(set(calls)) == 1 else float(np.mean(calls))
+    return samples, nfe, wall
+
+
+def run(experiment_file: str, scale_file: str, model_files: list[str] | str, out: str, method: str | None = None) -> None:
     from flowrepro.config import flow_settings
     from flowrepro.registry import SAMPLERS, load_plugins
     from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
     from flowrepro.samplers.nfe import NFECounter
     from flowrepro.stages.train import load_models
 
-    experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
+    scale = load_scale(scale_file)
+    experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
     load_plugins(experiment.get("plugins", []))
     device = pick_device(scale.get("device", "auto"))
-    info, models = load_models(model_file, device)
+    info, models = load_models(model_files, device)
     settings = flow_settings(scale, info["dataset"])
+    batch = settings.get("sample_batch", settings["n_eval"])
     times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)  # the straightness grid
-    arrays: dict[str, np.ndarray] = {"trajectory_times": times}
     runs = []
     method = method or info["model"]  # this experiment's name for the (possibly shared) model
-    for seed, model in models.items():
-        x0 = _noise(settings["n_eval"], info["shape"], seed, device)
-        for label, options in experiment["sampling"].items():
-            if info["dataset"] not in options.get("datasets", [info["dataset"]]) or method not in options.get("models", [method]):
-                continue
-            name, settings_list = sampler_runs(label, options)
-            sampler = SAMPLERS.get(name)
-            field = sde.PerturbedVelocity(model, options["velocity_error"]) if "velocity_error" in options else model
-            counter = NFECounter(field)
-            grids, calibration_nfe = {}, 0
-            if options.get("schedule") == "boss":
-                max_steps = max(kwargs["steps"] for _, kwargs in settings_list)
-                grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
-                                                     max_steps, info["shape"], seed, device)
-                print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
-            for schedule, kwargs in settings_list:
-                if getattr(sampler, "stochastic", False):
-                    kwargs = {**kwargs, "seed": 20_000 + seed}  # the SDE's own noise, fixed per seed
-                if name.endswith("_ts"):
-                    kwargs = {**kwargs, "data_var": _data_var(info, model_file)}
-                counter.reset()
-                start = time.perf_counter()
-                if "scheduler" in kwargs:
-                    timesteps = grids[kwargs["steps"]] if schedule == "boss" else None
-                    x = trained_diffusion.sample(counter, x0, **kwargs, timesteps=timesteps)
-                    setting = f"steps={kwargs['steps']}"
-                elif name == "ddim_ts":
-                    x = trained_diffusion.sample_time_shift(counter, x0, **kwargs)
-                    setting = f"steps={kwargs['steps']}"
-                else:
-                    if schedule == "boss":
-                        kwargs = {**{k: v for k, v in kwargs.items() if k != "steps"}, "times": grids[kwargs["steps"]]}
-                    x = sampler(counter, x0, **kwargs)
-                    setting = f"rtol={kwargs['rtol']:g}" if "rtol" in kwargs else f"steps={len(kwargs['times']) - 1}"
-                wall = time.perf_counter() - start
-                nfe = counter.reset()
-                key = f"{label}/{schedule}/{setting}/seed{seed}"
-                arrays[key] = x.cpu().numpy()
-                runs.append({"key": key, "sampler": label, "schedule": schedule, "setting": setting,
-                             "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
-        reference = experiment.get("reference")
-        if reference and info["dataset"] in reference.get("datasets", [info["dataset"]]):  # solver error's ground truth
-            fine = np.linspace(0.0, 1.0, reference["steps"] + 1)
-            arrays[f"reference/seed{seed}"] = ode.integrate_fixed(model, x0, fine, reference["sampler"]).cpu().numpy()
-        _, trajectory = ode.integrate_fixed(model, x0, times, "euler", return_trajectory=True)
-        arrays[f"trajectory/seed{seed}"] = trajectory.cpu().numpy()
-    arrays["runs"] = np.array(json.dumps({"model": method, "dataset": info["dataset"], "runs": runs}))
-    io.save_npz(out, **arrays)
+    with io.NpzWriter(out) as writer:
+        writer.add("trajectory_times", times)
+        for seed, model in models.items():
+            x0 = _noise(settings["n_eval"], info["shape"], seed, "cpu")
+            for label, options in experiment["sampling"].items():
+                if info["dataset"] not in options.get("datasets", [info["dataset"]]) or method not in options.get("models", [method]):
+                    continue
+                runs += _sampler_runs(writer, label, options, model, x0, seed, info, settings, batch, device, model_files)
+            counter = NFECounter(model)
+            reference = experiment.get("reference")
+            if reference and info["dataset"] in reference.get("datasets", [info["dataset"]]):  # solver error's ground truth
+                fine = np.linspace(0.0, 1.0, reference["steps"] + 1)
+                solve = lambda x, _i: ode.integrate_fixed(counter, x, fine, reference["sampler"])  # noqa: E731
+                writer.add(f"reference/seed{seed}", batched(solve, x0, batch, counter, device)[0])
+            n_paths = min(settings.get("trajectory_samples", len(x0)), len(x0))
+            _, trajectory = ode.integrate_fixed(model, x0[:n_paths].to(device), times, "euler", return_trajectory=True)
+            writer.add(f"trajectory/seed{seed}", trajectory.cpu().numpy())
+        writer.add("runs", np.array(json.dumps({"model": method, "dataset": info["dataset"], "runs": runs})))
     print(f"sample: wrote {out} ({len(runs)} runs)")
 
 
-def _data_var(info: dict, model_file: str) -> float:
+def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info: dict, settings: dict, batch: int,
+                  device: str, model_files) -> list[dict]:
+    """Every run of one ``sampling:`` entry on one seed's model; each run's samples go to ``writer``."""
+    from flowrepro.registry import SAMPLERS
+    from flowrepro.samplers import diffusion, sde, trained_diffusion
+    from flowrepro.samplers.nfe import NFECounter
+
+    name, settings_list = sampler_runs(label, options)
+    sampler = SAMPLERS.get(name)
+    field = sde.PerturbedVelocity(model, options["velocity_error"]) if "velocity_error" in options else model
+    counter = NFECounter(field)
+    grids, calibration_nfe = {}, 0
+    if options.get("schedule") == "boss":
+        max_steps = max(kwargs["steps"] for _, kwargs in settings_list)
+        grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
+                                             max_steps, info["shape"], seed, device)
+        print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
+    runs = []
+    for schedule, kwargs in settings_list:
+        if name.endswith("_ts"):
+            kwargs = {**kwargs, "data_var": _data_var(info, model_files)}
+        if "scheduler" in kwargs:
+            timesteps = grids[kwargs["steps"]] if schedule == "boss" else None
+            call = lambda x, _i, k=kwargs, ts=timesteps: trained_diffusion.sample(counter, x, **k, timesteps=ts)  # noqa: E731
+            setting = f"steps={kwargs['steps']}"
+        elif name == "ddim_ts":
+            call = lambda x, _i, k=kwargs: trained_diffusion.sample_time_shift(counter, x, **k)  # noqa: E731
+            setting = f"steps={kwargs['steps']}"
+        else:
+            if schedule == "boss":
+                kwargs = {**{k: v for k, v in kwargs.items() if k != "steps"}, "times": grids[kwargs["steps"]]}
+            if getattr(sampler, "stochastic", False):  # the SDE's own noise, fixed per seed, fresh per batch
+                call = lambda x, i, k=kwargs: sampler(counter, x, **k, seed=20_000 + seed + 100_000 * i)  # noqa: E731
+            else:
+                call = lambda x, _i, k=kwargs: sampler(counter, x, **k)  # noqa: E731
+            setting = f"rtol={kwargs['rtol']:g}" if "rtol" in kwargs else f"steps={len(kwargs['times']) - 1}"
+        samples, nfe, wall = batched(call, x0, batch, counter, device)
+        key = f"{label}/{schedule}/{setting}/seed{seed}"
+        writer.add(key, samples)
+        runs.append({"key": key, "sampler": label, "schedule": schedule, "setting": setting,
+                     "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
+    return runs
+
+
+def _data_var(info: dict, model_files) -> float:
     if "data_var" not in info:
-        raise KeyError(f"{model_file}: no data_var (trained before time-shift support); retrain it to use a time-shift sampler")
+        raise KeyError(f"{model_files}: no data_var (trained before time-shift support); retrain it to use a time-shift sampler")
     return float(info["data_var"])
 
 
-def reflow_pairs(scale_file: str, model_file: str, out: str) -> None:
-    """Pairs (x0, x1 = RK4 solve of the model's ODE from x0), one set per seed."""
-    from flowrepro.samplers import ode
-    from flowrepro.stages.train import load_models
-
+def reflow_pairs(scale_file: str, model_files: list[str] | str, out: str) -> None:
+    """Pairs (x0, x1 = RK4 solve of the model's ODE from x0), one set per seed of the model files, as
+    one ``.npy`` of shape (seeds, 2, n, ...) written batch by batch (``sample_batch``) to disk."""
     from flowrepro.config import flow_settings
+    from flowrepro.samplers import ode
+    from flowrepro.samplers.nfe import NFECounter
+    from flowrepro.stages.train import load_models
 
     scale = load_scale(scale_file)
     device = pick_device(scale.get("device", "auto"))
-    info, models = load_models(model_file, device)
+    info, models = load_models(model_files, device)
     settings = flow_settings(scale, info["dataset"])
     times = np.linspace(0.0, 1.0, settings["pair_steps"] + 1)
-    pairs = []
-    for seed in scale["seeds"]:
-        x0 = _noise(settings["reflow_pairs"], info["shape"], seed + 500, device)
-        x1 = ode.integrate_fixed(models[seed], x0, times, "rk4")
-        pairs.append(np.stack([x0.cpu().numpy(), x1.cpu().numpy()]))
-    io.save_npz(out, pairs=np.stack(pairs).astype(np.float32))
-    print(f"reflow-pairs: wrote {out}")
+    n, batch = settings["reflow_pairs"], settings.get("sample_batch", settings["reflow_pairs"])
+    with io.npy_memmap(out, (len(models), 2, n, *info["shape"])) as pairs:
+        for row, (seed, model) in enumerate(models.items()):
+            x0 = _noise(n, info["shape"], seed + 500, "cpu")
+            counter = NFECounter(model)
+            for first in range(0, n, batch):
+                chunk = x0[first:first + batch]
+                pairs[row, 0, first:first + len(chunk)] = chunk.numpy()
+                pairs[row, 1, first:first + len(chunk)] = ode.integrate_fixed(counter, chunk.to(device), times, "rk4").cpu().numpy()
+    print(f"reflow-pairs: wrote {out} ({len(models)} seed(s) x {n} pairs)")

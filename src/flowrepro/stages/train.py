@@ -1,8 +1,9 @@
-"""train: fit one model of a flow experiment for every seed of the scale.
+"""train: fit one model of a flow experiment, for every seed of the scale or for one (``--seed``).
 
-Output: a torch file with, per seed, the state dict, the loss history and the wall time.
-Seeds run one after another in one process (process start-up costs more than a tiny run);
-each seed checkpoints to ``<out>.seed<k>.ckpt`` so a killed job resumes where it stopped.
+Output: a torch file with, per seed, the state dict, the loss history and the wall time. At tiny
+scale one job trains every seed (process start-up costs more than a tiny run); at small and paper
+each seed is its own job (``seed_jobs``), so a cluster runs them side by side. Each seed
+checkpoints to ``<out>.seed<k>.ckpt`` so a killed or preempted job resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -10,72 +11,106 @@ import time
 from pathlib import Path
 
 from flowrepro import io
-from flowrepro.config import ema_decay, load_experiment, load_scale, pick_device
+from flowrepro.config import bind_roles, ema_decay, load_experiment, load_scale, pick_device
 
 
 def build_model(shape: tuple[int, ...], settings: dict):
-    """An MLP for vectors (2-D toys, mixtures), a UNet for (C, H, W) images."""
+    """An MLP for vectors (2-D toys, mixtures), a UNet for (C, H, W) images (``settings["network"]``)."""
     if len(shape) == 1:
         from flowrepro.models.mlp import build_mlp
 
         return build_mlp(shape[0], width=settings["width"], depth=settings["depth"])
     from flowrepro.models.unet import build_unet
 
-    return build_unet(tuple(shape), settings["channels"], settings.get("layers_per_block", 1))
+    return build_unet(tuple(shape), settings["network"])
+
+
+def train_config(spec: dict, settings: dict):
+    """The training loop's settings: the recipe (scale, experiment, overrides), then the model's spec."""
+    from flowrepro.generative.training import TrainConfig
+
+    return TrainConfig(steps=max(1, round(settings["steps"] * spec.get("steps_fraction", 1.0))),
+                       batch_size=settings["batch_size"], lr=settings["lr"],
+                       checkpoint_every=settings["checkpoint_every"],
+                       optimizer=spec.get("optimizer", settings.get("optimizer", "adamw")),
+                       time_density=spec.get("time_density", "uniform"), loss=spec.get("loss", "mse"),
+                       ema_decay=ema_decay(spec, settings), bf16=settings.get("bf16", True),
+                       compile=settings.get("compile", False), betas=settings.get("betas"), eps=settings.get("eps"),
+                       weight_decay=settings.get("weight_decay"), warmup=settings.get("warmup", 0),
+                       grad_clip=settings.get("grad_clip", 0.0))
+
+
+def _pairs_index(pairs_file: str, n_seeds_in_file: int, seed: int, scale: dict) -> int:
+    """Row of ``seed`` in a pairs file: one file per seed (one row) or one for all the scale's seeds."""
+    if n_seeds_in_file == len(scale["seeds"]):
+        return scale["seeds"].index(seed)
+    if n_seeds_in_file == 1:
+        return 0
+    raise ValueError(f"{pairs_file}: pairs of {n_seeds_in_file} seeds; expected 1 or the scale's {len(scale['seeds'])}")
 
 
 def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, data_file: str,
-        out: str, pairs_file: str | None = None, init_file: str | None = None, progress: bool = True) -> None:
-    import torch
-
-    from flowrepro.generative import couplings, paths  # noqa: F401  (register the pieces)
+        out: str, pairs_file: str | None = None, init_files: list[str] | str | None = None,
+        progress: bool = True, seed: int | None = None) -> None:
     import copy
 
-    from flowrepro.config import flow_settings
+    import numpy as np
+    import torch
+
+    from flowrepro.config import training_settings
+    from flowrepro.generative import couplings, paths  # noqa: F401  (register the pieces)
+    from flowrepro.generative.data_views import PairsOnDisk, RandomHorizontalFlip
     from flowrepro.generative.objectives import build_objective
     from flowrepro.generative.paths import build_path
-    from flowrepro.generative.training import TrainConfig, train_flow
+    from flowrepro.generative.training import train_flow
     from flowrepro.registry import COUPLINGS, LOSSES, load_plugins
 
-    experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
+    scale = load_scale(scale_file)
+    experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
     load_plugins(experiment.get("plugins", []))
     if model_name not in experiment["models"]:
         raise KeyError(f"{experiment_file}: no model {model_name!r} under models; known: {sorted(experiment['models'])}")
+    seeds = list(scale["seeds"]) if seed is None else [int(seed)]
+    if not set(seeds) <= set(scale["seeds"]):
+        raise ValueError(f"--seed {seed} is not one of the scale's seeds {scale['seeds']} ({scale_file})")
     spec = experiment["models"][model_name]
-    settings = flow_settings(scale, dataset)
+    settings = training_settings(scale, experiment, dataset)
     device = pick_device(scale.get("device", "auto"))
-    decay = ema_decay(spec, settings)
-    config = TrainConfig(steps=max(1, round(settings["steps"] * spec.get("steps_fraction", 1.0))),
-                         batch_size=settings["batch_size"], lr=settings["lr"],
-                         checkpoint_every=settings["checkpoint_every"], optimizer=spec.get("optimizer", "adamw"),
-                         time_density=spec.get("time_density", "uniform"), loss=spec.get("loss", "mse"),
-                         ema_decay=decay, bf16=settings.get("bf16", True), compile=settings.get("compile", False))
+    config = train_config(spec, settings)
     path = build_path(spec)
     objective = build_objective(spec, path, LOSSES.get(config.loss))
     data = torch.as_tensor(io.load_npz(data_file)["train"], device=device)
     data = data if data.dim() == 4 else data.flatten(1)  # images keep (C, H, W) for the UNet
     shape = tuple(data.shape[1:])
-    pairs = torch.as_tensor(io.load_npz(pairs_file)["pairs"], device=device) if pairs_file else None
-    if spec.get("coupling", "independent") == "reflow" and pairs is None:
+    reflow = spec.get("coupling", "independent") == "reflow"
+    if reflow and pairs_file is None:
         raise ValueError(f"{experiment_file}: model {model_name!r} uses reflow pairs but no --pairs file was given")
-    init = torch.load(init_file, map_location=device, weights_only=False) if init_file else None
+    init = _load_seeds(init_files, device) if init_files else None
 
     result = {"experiment": experiment["id"], "dataset": dataset, "model": model_name, "shape": shape,
               "spec": spec, "settings": settings, "steps": config.steps, "seeds": {},
               "data_var": float(data.flatten(1).var(dim=0).mean())}  # tr Cov / d: what time-shift samplers match
-    for seed in scale["seeds"]:
+    for seed in seeds:
         torch.manual_seed(seed)
         model = build_model(shape, settings).to(device)
+        if seed == seeds[0]:
+            size = sum(p.numel() for p in model.parameters())
+            print(f"train: {model_name} on {dataset}: network {settings.get('network', 'mlp')}, {size / 1e6:.3f} M parameters, "
+                  f"{config.steps} steps of batch {config.batch_size}, {config.optimizer} lr {config.lr}")
         if init is not None:
-            model.load_state_dict(init["seeds"][seed]["state_dict"])
-        ema_model = copy.deepcopy(model).requires_grad_(False) if decay > 0 else None
-        if pairs is not None:
-            seed_pairs = pairs[scale["seeds"].index(seed)]
+            if seed not in init:
+                raise KeyError(f"--init {init_files}: no weights for seed {seed} (has {sorted(init)})")
+            model.load_state_dict(init[seed]["state_dict"])
+        ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
+        if reflow:
+            rows = np.load(pairs_file, mmap_mode="r").shape[0]
+            seed_pairs = PairsOnDisk(pairs_file, _pairs_index(pairs_file, rows, seed, scale), device)
             coupling = lambda n, g, p=seed_pairs: couplings.reflow(p, n, g)  # noqa: E731
         else:
             pair_up = COUPLINGS.get(spec.get("coupling", "independent"))
             options = {"reg": spec["coupling_reg"]} if "coupling_reg" in spec else {}  # e.g. minibatch_sinkhorn's
-            coupling = lambda n, g, f=pair_up, o=options: f(data, n, g, **o)  # noqa: E731
+            source = RandomHorizontalFlip(data, seed) if settings.get("hflip") and data.dim() == 4 else data
+            coupling = lambda n, g, f=pair_up, o=options, d=source: f(d, n, g, **o)  # noqa: E731
         checkpoint = Path(f"{out}.seed{seed}.ckpt")
         start = time.perf_counter()
         history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{experiment['id']}/{dataset}/{model_name}/seed{seed}",
@@ -86,29 +121,50 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
         if ema_model is not None:
             result["seeds"][seed]["ema_state_dict"] = {k: v.cpu() for k, v in ema_model.state_dict().items()}
     io.save_torch(out, result)
-    for seed in scale["seeds"]:
+    for seed in seeds:
         Path(f"{out}.seed{seed}.ckpt").unlink(missing_ok=True)
     print(f"train: wrote {out}")
 
 
-def load_models(model_file: str, device: str = "cpu"):
-    """Return ``(info, {seed: velocity field})`` from a train output.
+def _load_seeds(model_files: list[str] | str, device: str) -> dict:
+    """seed -> entry, over one train output or several (one per seed)."""
+    entries: dict = {}
+    for info in _load_infos(model_files, device):
+        entries.update(info["seeds"])
+    return entries
+
+
+def _load_infos(model_files: list[str] | str, device: str) -> list[dict]:
+    import torch
+
+    files = [model_files] if isinstance(model_files, (str, Path)) else list(model_files)
+    infos = [torch.load(f, map_location=device, weights_only=False) for f in files]
+    for name, info in zip(files[1:], infos[1:]):
+        if (info["dataset"], info["model"], info["spec"]) != (infos[0]["dataset"], infos[0]["model"], infos[0]["spec"]):
+            raise ValueError(f"{name}: a different model from {files[0]}; per-seed files must be one model's")
+    return infos
+
+
+def load_models(model_files: list[str] | str, device: str = "cpu"):
+    """Return ``(info, {seed: velocity field})`` from a train output, or from one per seed.
 
     Each field is callable as v(x, t) and has ``epsilon(x, t)`` (noise prediction, by conversion
     where the network predicts velocity); the EMA weights are used when training kept them.
     """
-    import torch
-
     from flowrepro.generative.parameterization import AsVelocity, VelocityModel
     from flowrepro.generative.paths import build_path
 
-    info = torch.load(model_file, map_location=device, weights_only=False)
+    infos = _load_infos(model_files, device)
+    info = dict(infos[0], seeds={seed: entry for i in infos for seed, entry in i["seeds"].items()})
     spec = info.get("spec", {})
     path = build_path(spec)
     wrapper = AsVelocity if spec.get("prediction") == "epsilon" else VelocityModel
+    settings = dict(info["settings"])
+    if len(info["shape"]) == 3 and "network" not in settings:  # files trained before network presets
+        settings["network"] = {"channels": settings["channels"], "layers_per_block": settings.get("layers_per_block", 1)}
     models = {}
-    for seed, entry in info["seeds"].items():
-        network = build_model(info["shape"], info["settings"]).to(device)
+    for seed, entry in sorted(info["seeds"].items()):
+        network = build_model(info["shape"], settings).to(device)
         network.load_state_dict(entry.get("ema_state_dict", entry["state_dict"]))
         models[seed] = wrapper(network.eval(), path)
     return info, models
