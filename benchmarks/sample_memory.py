@@ -49,6 +49,7 @@ def write_inputs(root: Path, counts: list[int], network: str, device: str, batch
     io.save_npz(root / "cifar10.npz", train=rng.uniform(-1, 1, (n_train, *SHAPE)).astype(np.float32),
                 train_labels=rng.integers(0, 10, n_train), test=rng.uniform(-1, 1, (1000, *SHAPE)).astype(np.float32),
                 test_labels=rng.integers(0, 10, 1000))
+    io.write_checksum(root / "cifar10.npz")  # stages check the data file against it
     experiment = {"id": "memory", "title": "memory", "source": "benchmark", "kind": "flow", "datasets": ["images"],
                   "models": {"rf1": {"path": "linear"}}, "sampling": {"euler": {"nfe": [1, 2]}},
                   "claims": [{"id": "c", "text": "t", "expr": "nfe[method=rf1, nfe=1] < 2"}]}

@@ -16,6 +16,7 @@ def digits_classifier(tmp_path_factory):
     root = tmp_path_factory.mktemp("fid")
     data = root / "digits.npz"
     io.save_npz(data, **make_dataset("digits"))
+    io.write_checksum(data)  # as acquire does: the classifier stage checks it
     out = root / "classifiers" / "digits.pt"
     assert main(["classifier", "--data", str(data), "--out", str(out), "--seed", "0"]) == 0
     return data, out, out.with_name("digits.stats.npz")

@@ -56,6 +56,18 @@ def test_every_optimizer_lowers_a_quadratic(name):
     assert math.isfinite(end) and end < 0.5 * start, (name, start, end)
 
 
+def test_adahessian_takes_the_authors_defaults():
+    """amirgholami/adahessian image_classification/optim_adahessian.py: betas (0.9, 0.999), eps 1e-4,
+    weight_decay 0, hessian_power 1 (pytorch_optimizer's own eps is 1e-16); a YAML value still wins."""
+    import torch
+
+    x = torch.zeros(3, requires_grad=True)
+    group = get_optimizer("adahessian").build([x], 0.15).param_groups[0]
+    assert (tuple(group["betas"]), group["eps"], group["weight_decay"], group["hessian_power"]) == \
+        ((0.9, 0.999), 1e-4, 0.0, 1.0)
+    assert get_optimizer("adahessian").build([x], 0.15, eps=1e-8).param_groups[0]["eps"] == 1e-8
+
+
 def test_hutchinson_diagonal_matches_true_diagonal():
     """E_z[z * (H z)] = diag(H) for Rademacher z: AdaHessian's estimate on f = x^T A x / 2."""
     import torch

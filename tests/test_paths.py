@@ -66,7 +66,7 @@ def test_pseudo_huber_is_quadratic_near_zero_and_linear_far():
     far = torch.full((4, 2), 10.0)
     assert losses.pseudo_huber(far, zero).item() == pytest.approx(10 * math.sqrt(2), rel=1e-3)
     tiny = torch.full((4, 2), 1e-5)
-    c = 0.00054 * math.sqrt(2)
+    c = 0.00054 * 2  # c = 0.00054 d (the official code)
     assert losses.pseudo_huber(tiny, zero).item() == pytest.approx(2e-10 / (2 * c), rel=1e-2)
 
 

@@ -147,6 +147,40 @@ def test_bellman_schedule_beats_uniform():
         assert e_boss < e_uni, (k, e_boss, e_uni)
 
 
+def test_bellman_cost_is_the_mean_squared_one_step_error():
+    """BOSS's cost c(i, j) (official get_bellman_disc): squared L2 of one Euler jump against the reference
+    trajectory, summed over a sample's dimensions, averaged over samples; hand-computed for dx/dt = x
+    on the grid 0, 1/2, 1 with samples (1, 0) and (2, 2), so E||x0||^2 = (1 + 8) / 2 = 4.5."""
+    from flowrepro.samplers.schedules_extra import bellman_costs
+
+    def velocity(x, t):
+        assert t.shape == (len(x),)
+        return x
+
+    x0 = torch.tensor([[1.0, 0.0], [2.0, 2.0]], dtype=torch.float64)
+    m2 = 4.5
+    # official reference: the fine Euler path, x(1/2) = 1.5 x0, x(1) = 2.25 x0; Euler jumps are exact on it
+    # except 0 -> 1: 2 x0 against 2.25 x0, error 0.25 x0, squared 0.0625 * 4.5.
+    fine, cost = bellman_costs(velocity, x0, n_fine=2, reference="euler")
+    inf = np.inf
+    expected = np.array([[inf, 0.0, 0.0625 * m2], [inf, inf, 0.0], [inf, inf, inf]])
+    np.testing.assert_allclose(fine, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(cost, expected, rtol=1e-12, atol=1e-15)
+    # ours: RK4 reference, one step per fine interval: x(1/2) = g x0, x(1) = g^2 x0,
+    # g = 1 + h + h^2/2 + h^3/6 + h^4/24 with h = 1/2
+    g = 1 + 0.5 + 0.5 ** 2 / 2 + 0.5 ** 3 / 6 + 0.5 ** 4 / 24
+    expected = np.array([[inf, (g - 1.5) ** 2 * m2, (g * g - 2.0) ** 2 * m2],
+                         [inf, inf, (g * g - 1.5 * g) ** 2 * m2], [inf, inf, inf]])
+    _, cost = bellman_costs(velocity, x0, n_fine=2, substeps=1, reference="rk4")
+    np.testing.assert_allclose(cost, expected, rtol=1e-12)
+    # image-shaped samples: the same numbers (sum over every dimension, not the last axis only)
+    _, cost_img = bellman_costs(velocity, x0.reshape(2, 1, 1, 2).expand(2, 1, 2, 2) / math.sqrt(2), n_fine=2,
+                                substeps=1, reference="rk4")
+    np.testing.assert_allclose(cost_img, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="reference"):
+        bellman_costs(velocity, x0, n_fine=2, reference="dopri5")
+
+
 def test_schedules_are_valid_grids():
     from flowrepro.samplers.schedules_extra import karras, logsnr
 

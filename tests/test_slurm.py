@@ -123,7 +123,7 @@ def test_slurm_failed_job_is_reported_and_rerun_completes_only_missing_work(slur
     backup = tmp_path / "rf2_distill.pt"
     shutil.copy2(broken, backup)
     stat = broken.stat()
-    broken.write_bytes(b"not a torch checkpoint")
+    broken.write_bytes(b"not a safetensors file")
     os.utime(broken, (stat.st_atime, stat.st_mtime))
 
     rc, log = snakemake(wf, TARGET, *SLURM_ARGS, "--retries", "0", *CONFIG)

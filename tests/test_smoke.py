@@ -35,7 +35,7 @@ def test_smoke_scale_runs_the_paper_dag_end_to_end(workflow_copy, capsys):
     assert set(images["seed"]) == {0, 1}
     assert (images["metric"] == "fid_classifier").any() and images["value"].notna().all()
     claims = pd.read_csv(results / "rectified_flow/claims.csv")
-    assert set(claims[claims["claim_id"].str.endswith("_images")]["status"]) <= {"pass", "fail"}  # evaluated on cifar10 rows
+    assert set(claims[claims["claim_id"].str.endswith("_images")]["status"]) <= {"pass", "fail", "inconclusive"}  # evaluated on cifar10 rows
     assert "rectified_flow" in (results / "report.html").read_text()
 
     seed_files = sorted(p.name for p in (results / "models/cifar10").glob("*.pt"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from flowrepro import io
 from flowrepro.generative.paths import LinearPath
 from flowrepro.generative.training import TrainConfig, TrainingDiverged, train_flow
 from flowrepro.models.mlp import build_mlp
@@ -57,7 +58,7 @@ def test_killed_training_resumes_from_checkpoint_and_matches_uninterrupted(tmp_p
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert not out.exists() and checkpoint.exists()
-    step_at_kill = torch.load(checkpoint, weights_only=False)["step"]
+    step_at_kill = io.load_tree(checkpoint, "checkpoint")["step"]
     assert 0 < step_at_kill < 4000
     if stop == signal.SIGTERM:  # written at the signal, not at the last periodic checkpoint
         assert process.returncode == 143 and f"SIGTERM at step {step_at_kill}; checkpoint" in stderr
@@ -66,7 +67,7 @@ def test_killed_training_resumes_from_checkpoint_and_matches_uninterrupted(tmp_p
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from checkpoint {checkpoint} at step" in rerun.stdout
     assert not checkpoint.exists()  # cleaned up once the output is complete
-    resumed, uninterrupted = torch.load(out, weights_only=False), torch.load(reference, weights_only=False)
+    resumed, uninterrupted = io.load_model_file(out), io.load_model_file(reference)
     assert resumed["seeds"][0]["losses"] == uninterrupted["seeds"][0]["losses"]
     for key, value in uninterrupted["seeds"][0]["state_dict"].items():
         torch.testing.assert_close(resumed["seeds"][0]["state_dict"][key], value, rtol=0, atol=0)

@@ -25,7 +25,7 @@ def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
     assert set(claims["claim_id"]) == {"reflow_straightens", "one_step_far_better", "reflow_straightens_images",
                                        "one_step_far_better_images", "distill_improves_one_step",
                                        "distill_improves_one_step_images"}
-    assert set(claims["status"]) <= {"pass", "fail"}  # both ran; either verdict is a result
+    assert set(claims["status"]) <= {"pass", "fail", "inconclusive"}  # all ran; each verdict is a result
     assert claims["observed"].notna().all() and claims["threshold"].notna().all()
 
     for figure in ("quality_vs_nfe", "samples_moons", "trajectories_moons", "samples_digits"):
@@ -45,7 +45,7 @@ def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
     assert (boss[(boss["metric"] == "solver_error")]["dataset"] == "8gaussians").all()
     for experiment in ("boss_trained", "time_shift_trained", "flow_solvers_trained", "boss_diffusion"):
         verdicts = pd.read_csv(results / f"{experiment}/claims.csv")["status"]
-        assert len(verdicts) and set(verdicts) <= {"pass", "fail"}, experiment
+        assert len(verdicts) and set(verdicts) <= {"pass", "fail", "inconclusive"}, experiment
 
     again = subprocess.run(["snakemake", "--cores", "2", "-n"], cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0

@@ -14,7 +14,10 @@ seed, and its value is the mean over seeds. Example::
 
     w2[method=rf2, sampler=euler, nfe=1] < 0.5 * w2[method=rf1, sampler=euler, nfe=1]
 
-A claim whose refs match no rows is ``not-run``; otherwise ``pass`` or ``fail``.
+A claim whose refs match no rows is ``not-run``. Otherwise it is evaluated once per seed, its
+sides paired on the seed, and :mod:`flowrepro.verdicts` turns the per-seed margins into ``pass``,
+``fail`` or ``inconclusive`` (the interval on the mean margin straddles zero). A ref with a single
+row (a deterministic result, or a reference value measured once) stands for every seed.
 """
 from __future__ import annotations
 
@@ -29,10 +32,16 @@ TOKEN = re.compile(r"""\s*(?:
   | (?P<string>"[^"]*"|'[^']*')
   | (?P<op><=|>=|<|>|[-+*/()\[\],=])
 )""", re.VERBOSE)
-FUNCTIONS = {"abs": abs, "min": min, "max": max, "log": math.log}
+def _log(x: float) -> float:
+    """log that answers -inf at 0 and nan below, instead of raising (a claim's value, not an error)."""
+    return math.log(x) if x > 0 else -math.inf if x == 0 else math.nan
+
+
+FUNCTIONS = {"abs": abs, "min": min, "max": max, "log": _log}
 COMPARISONS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 SELECTABLE = {"experiment", "dataset", "method", "optimizer", "sampler", "schedule", "nfe", "seed", "scale"}
 MAX_LENGTH = 1000
+MAX_NESTING = 64  # parentheses, calls and unary minus: deeper claims are refused, not a RecursionError
 
 
 class ClaimSyntaxError(ValueError):
@@ -71,7 +80,12 @@ class Parser:
     """Recursive descent over the tokens; builds a small tuple AST."""
 
     def __init__(self, text: str) -> None:
-        self.text, self.tokens, self.i = text, tokenize(text), 0
+        self.text, self.tokens, self.i, self.depth = text, tokenize(text), 0, 0
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ClaimSyntaxError(f"claim nests deeper than {MAX_NESTING} levels")
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -117,7 +131,10 @@ class Parser:
     def unary(self):
         if self.peek() == ("op", "-"):
             self.take("-")
-            return ("neg", self.unary())
+            self.nest()
+            node = ("neg", self.unary())
+            self.depth -= 1
+            return node
         return self.atom()
 
     def atom(self):
@@ -130,8 +147,10 @@ class Parser:
             return ("num", float(value))
         if value == "(":
             self.take("(")
+            self.nest()
             node = self.sum()
             self.take(")")
+            self.depth -= 1
             return node
         if kind == "name":
             self.i += 1
@@ -140,11 +159,13 @@ class Parser:
                 if value not in FUNCTIONS:
                     raise ClaimSyntaxError(f"unknown function {value!r}; allowed: {sorted(FUNCTIONS)}")
                 self.take("(")
+                self.nest()
                 args = [self.sum()]
                 while self.peek() == ("op", ","):
                     self.take(",")
                     args.append(self.sum())
                 self.take(")")
+                self.depth -= 1
                 return ("call", value, args)
             if following == ("op", "["):
                 return ("ref", self.ref_filters(value))
@@ -217,19 +238,83 @@ def _evaluate(node, table, seen: dict[str, tuple[float, float, int]], roles: dic
     return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else math.inf}[kind]
 
 
-def check_claim(expr: str, table, roles: dict[str, str] | None = None) -> dict[str, Any]:
-    """Evaluate one claim: status, observed (left sides), threshold (right sides), detail.
-    ``roles``: dataset role -> the scale's dataset (see :func:`select`)."""
+def _per_seed(table, ref: Ref, roles: dict | None) -> dict:
+    """seed -> value of the rows ``ref`` picks; a single row is returned under the key None (any seed)."""
+    rows = table[table["metric"] == ref.metric]
+    for key, wanted in ref.filters:
+        if key == "dataset" and roles:
+            wanted = roles.get(wanted, wanted)
+        rows = rows[rows[key].map(lambda cell, w=wanted: _matches(cell, w)).astype(bool)]
+    if len(rows) == 1:
+        return {None: float(rows["value"].iloc[0])}
+    return {seed: float(value) for seed, value in zip(rows["seed"], rows["value"])}
+
+
+def _evaluate_seed(node, values: dict, seed) -> float:
+    """``node`` with every ref's value at ``seed`` (a single-row ref at any seed)."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "ref":
+        per_seed = values[str(node[1])]
+        return per_seed[None] if None in per_seed else per_seed[seed]
+    if kind == "neg":
+        return -_evaluate_seed(node[1], values, seed)
+    if kind == "call":
+        return float(FUNCTIONS[node[1]](*[_evaluate_seed(a, values, seed) for a in node[2]]))
+    left, right = _evaluate_seed(node[1], values, seed), _evaluate_seed(node[2], values, seed)
+    return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else math.inf}[kind]
+
+
+def refs_of(node) -> list[Ref]:
+    """Every metric reference in an expression tree (or a list of comparisons)."""
+    if isinstance(node, list):
+        return [r for op, left, right in node for r in refs_of(left) + refs_of(right)]
+    if node[0] == "ref":
+        return [node[1]]
+    if node[0] == "call":
+        return [r for a in node[2] for r in refs_of(a)]
+    return [r for child in node[1:] if isinstance(child, tuple) for r in refs_of(child)]
+
+
+def check_claim(expr: str, table, roles: dict[str, str] | None = None, confidence: float | None = None,
+                seeds_needed: int | None = None) -> dict[str, Any]:
+    """Evaluate one claim: status, observed (left sides) and threshold (right sides) as means over seeds,
+    the mean margin with its one-sided half-width, how many seeds agree, and a detail line.
+
+    ``roles``: dataset role -> the scale's dataset (see :func:`select`). ``seeds_needed``: a claim that
+    states the seeds it needs is ``inconclusive`` with fewer paired seeds."""
+    from flowrepro import verdicts
+
     comparisons = parse_claim(expr)
     seen: dict[str, tuple[float, float, int]] = {}
     try:
         results = [(op, _evaluate(l, table, seen, roles), _evaluate(r, table, seen, roles)) for op, l, r in comparisons]
     except MissingRows as missing:
-        return {"status": "not-run", "observed": "", "threshold": "", "detail": str(missing)}
-    passed = all(COMPARISONS[op](l, r) for op, l, r in results)
+        return {"status": "not-run", "observed": "", "threshold": "", "margin": "", "interval": "", "seeds_agree": "",
+                "detail": str(missing)}
+    decided = []
+    for op, left, right in comparisons:
+        values = {str(ref): _per_seed(table, ref, roles) for ref in refs_of(left) + refs_of(right)}
+        seed_sets = [set(v) for v in values.values() if None not in v]
+        seeds = sorted(set.intersection(*seed_sets), key=str) if seed_sets else [None]
+        if not seeds:
+            raise ValueError(f"{expr!r}: its sides share no seed, so they cannot be paired")
+        lefts = [_evaluate_seed(left, values, s) for s in seeds]
+        rights = [_evaluate_seed(right, values, s) for s in seeds]
+        verdict = verdicts.decide(op, verdicts.margins(op, lefts, rights), confidence or verdicts.CONFIDENCE)
+        if seeds_needed and verdict.n < seeds_needed and verdict.status != "inconclusive":
+            verdict = verdicts.Verdict("inconclusive", verdict.margin, verdict.half_width, verdict.agree, verdict.n)
+        decided.append(verdict)
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     detail = "; ".join(f"{ref} = {mean:.4g} ± {std:.2g} (n={n})" for ref, (mean, std, n) in seen.items())
     detail += " | " + " and ".join(f"{fmt(l)} {op} {fmt(r)}" for op, l, r in results)
-    return {"status": "pass" if passed else "fail",
+    detail += " | margin " + "; ".join(f"{v.margin:.3g} ± {v.half_width:.2g}, {v.agree}/{v.n} seeds agree" for v in decided)
+    if seeds_needed and min(v.n for v in decided) < seeds_needed:
+        detail += f" | the claim needs {seeds_needed} seeds"
+    return {"status": verdicts.combine([v.status for v in decided]),
             "observed": "; ".join(fmt(l) for _, l, _ in results),
-            "threshold": "; ".join(fmt(r) for _, _, r in results), "detail": detail}
+            "threshold": "; ".join(fmt(r) for _, _, r in results),
+            "margin": "; ".join(fmt(v.margin) for v in decided),
+            "interval": "; ".join(f"± {v.half_width:.2g}" for v in decided),
+            "seeds_agree": "; ".join(f"{v.agree}/{v.n}" for v in decided), "detail": detail}

@@ -62,6 +62,8 @@ def load_experiment(path: str | Path) -> dict:
 
         experiment["plugins"] = [str(Path(path).parent / p) if is_plugin_file(p) and not Path(p).is_absolute() else p
                                  for p in experiment["plugins"]]
+    if experiment["kind"] != "flow":  # models, sampling and recipes are flow keys; the runners check their own
+        return experiment
     if "recipes_from" in experiment:
         if "recipes" in experiment:
             raise ConfigError(f"{path}: give recipes or recipes_from, not both")

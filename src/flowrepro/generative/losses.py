@@ -27,9 +27,10 @@ def logit_normal_time(n: int, generator, device, mean: float = 0.0, std: float =
 
 @LOSSES.register("pseudo_huber")
 def pseudo_huber(prediction, target):
-    """sqrt(|d|^2 + c^2) - c with c = 0.00054 sqrt(dim) (Lee et al., improved rectified flow)."""
+    """sqrt(|d|^2 + c^2) - c with c = 0.00054 dim, as the official code (sangyun884/rfpp train.py
+    ``huber_c = 0.00054 * data_dim``; the paper's text reads sqrt(dim), after iCT)."""
     diff = (prediction - target).flatten(1)
-    c = 0.00054 * diff.shape[1] ** 0.5
+    c = 0.00054 * diff.shape[1]
     return ((diff.pow(2).sum(1) + c * c).sqrt() - c).mean()
 
 

@@ -132,7 +132,7 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     start = 0
     checkpoint = Path(checkpoint)
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = io.load_tree(checkpoint, "checkpoint")  # safetensors + JSON: refuses a pickle; on CPU, moved by load_state_dict
         model.load_state_dict(state["model"])
         if ema_model is not None:
             ema_model.load_state_dict(state["ema"])
@@ -142,9 +142,9 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
         print(f"{run_name}: resumed from checkpoint {checkpoint} at step {start}")
 
     def save_checkpoint(done: int) -> None:
-        io.save_torch(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "generator": generator.get_state(), "step": done, "history": history,
-                                   "ema": ema_model.state_dict() if ema_model is not None else None})
+        io.save_tree(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "generator": generator.get_state(), "step": done, "history": history,
+                                  "ema": ema_model.state_dict() if ema_model is not None else None}, "checkpoint")
 
     bar = tqdm(range(start, config.steps), desc=run_name, disable=not progress, mininterval=2.0,
                initial=start, total=config.steps)

@@ -7,8 +7,10 @@ one more 3x3 conv, an adaptive average pool to 4x4, a ``feature_dim``-wide SiLU 
 (the features: SiLU, not ReLU, so no feature unit is dead and the reference covariance keeps full
 rank) and the logits. On digits it trains in about 4 s on one CPU thread (98.6% test accuracy).
 
-A checkpoint is a plain dict (``arch``, ``state_dict`` and metadata) that loads with
-``torch.load(..., weights_only=True)``.
+A checkpoint is a safetensors file (the weights) with JSON metadata (``arch``, ``test_accuracy``,
+how it was trained), written by :func:`flowrepro.io.save_tree`: loading it runs no code, and a
+pickle or a corrupted file is refused. The ``results/classifiers/<dataset>.pt`` name is kept for
+compatibility with the workflow; the content is safetensors.
 """
 from __future__ import annotations
 
@@ -73,11 +75,12 @@ def build_classifier(in_channels: int = 1, image_size: tuple[int, int] | list[in
 
 
 def save_classifier(path: str | os.PathLike, model, **metadata: Any) -> None:
-    """Write ``{"arch", "state_dict", **metadata}`` atomically (metadata: plain Python values)."""
+    """Write ``{"arch", "state_dict", **metadata}`` atomically as safetensors + JSON (metadata:
+    plain Python values)."""
     from flowrepro import io
 
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    io.save_torch(path, {"arch": dict(model.arch), "state_dict": state, **metadata})
+    io.save_tree(path, {"arch": dict(model.arch), "state_dict": state, **metadata}, "classifier")
 
 
 def load_classifier(path: str | os.PathLike, device: str = "cpu"):
@@ -85,10 +88,10 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu"):
 
     Returns ``(model, checkpoint)``; ``checkpoint`` holds the metadata (e.g. ``test_accuracy``).
     """
-    import torch
+    from flowrepro import io
 
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = io.load_tree(path, "classifier", device)  # refuses a pickle (io.UnsafeFileError)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such classifier (has `flowrepro classifier` run?)") from None
     if not isinstance(checkpoint, dict) or "arch" not in checkpoint or "state_dict" not in checkpoint:

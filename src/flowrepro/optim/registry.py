@@ -65,8 +65,10 @@ for _spec in [
     OptimizerSpec("adan", _pytorch_optimizer("adan"), source="Xie et al. 2022"),
     OptimizerSpec("ademamix", _pytorch_optimizer("ademamix"), source="Pagliardini et al. 2024"),
     OptimizerSpec("exadam", _pytorch_optimizer("exadam"), source="Adly 2024"),
-    OptimizerSpec("adahessian", _pytorch_optimizer("adahessian"), needs_create_graph=True,
-                  source="Yao et al. 2021"),
+    # defaults of amirgholami/adahessian image_classification/optim_adahessian.py (Adahessian.__init__)
+    OptimizerSpec("adahessian", _pytorch_optimizer("adahessian", betas=(0.9, 0.999), eps=1e-4,
+                                                   weight_decay=0.0, hessian_power=1.0),
+                  needs_create_graph=True, source="Yao et al. 2021; defaults of the authors' code"),
     OptimizerSpec("gravity", _pytorch_optimizer("gravity"), source="Bahrami & Zadeh 2021"),
     OptimizerSpec("grams", _pytorch_optimizer("grams"), source="Cao et al. 2024"),
 ]:

@@ -73,7 +73,7 @@ def samples(sample_files: list[str], data_file: str, out_png: str, n_images: int
 
     with contextlib.ExitStack() as stack:  # sample files opened lazily: only the plotted runs are read
         loaded = [stack.enter_context(io.open_npz(p)) for p in sample_files]
-        _samples(loaded, io.load_npz(data_file)["test"], out_png, n_images, plt)
+        _samples(loaded, io.load_data(data_file)["test"], out_png, n_images, plt)
 
 
 def _samples(loaded: list, test: np.ndarray, out_png: str, n_images: int, plt) -> None:

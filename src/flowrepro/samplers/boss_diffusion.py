@@ -9,7 +9,8 @@ probability-flow ODE is the linear-path flow ODE dz/du = v(z, u) with
 since z = u x1 + (1 - u) x0 and eps predicts x0 (so x1_hat = (z - (1 - u) eps) / u, v = x1_hat - eps).
 One Euler step of this ODE in u is exactly one DDIM step. So the BOSS dynamic programme of
 :mod:`flowrepro.samplers.schedules_extra` runs unchanged on the fine grid of the scheduler's own
-training steps (t = 999 ... 0, mapped to u), with the DDIM/Euler one-step local error as its cost,
+training steps (t = 999 ... 0, mapped to u), with the batch-mean squared DDIM/Euler one-step local
+error in z as its cost (the official code's squared L2, sum over dimensions, mean over samples),
 and the chosen K training steps are handed to any scheduler that accepts custom ``timesteps``
 (DPM-Solver multistep and singlestep, Euler and Heun discrete). Higher-order schedulers get the
 grid that is optimal for the first-order step: the paper's own choice of cost (Euler).

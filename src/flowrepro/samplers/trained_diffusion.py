@@ -71,7 +71,7 @@ def sample(model, x0, scheduler: str, steps: int, schedule: str = "uniform", tim
 
 
 def boss_grids(model, batch, max_steps: int, n_fine: int = 100, substeps: int = 4) -> dict[int, list[int]]:
-    """BOSS training steps for every K <= ``max_steps``, the local errors measured on the trained model."""
+    """BOSS training steps for every K <= ``max_steps``, the squared local errors measured on the trained model."""
     from flowrepro.samplers.boss_diffusion import boss_timesteps
 
     return boss_timesteps(EpsilonAtLevel(model), batch, max_steps, n_fine, substeps)

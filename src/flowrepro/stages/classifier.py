@@ -5,7 +5,8 @@ small CNN of :mod:`flowrepro.models.classifier` on ``train``/``train_labels`` (d
 a seed on a given machine and thread count), measures its accuracy on ``test``/``test_labels``
 and writes two files, once per dataset, which every experiment then reuses:
 
-- ``<out>`` (``digits.pt``): ``arch``, ``state_dict``, ``test_accuracy`` and how it was trained;
+- ``<out>`` (``digits.pt``, safetensors + JSON despite the name): ``arch``, ``state_dict``,
+  ``test_accuracy`` and how it was trained;
 - ``<out stem>.stats.npz`` (``digits.stats.npz``): the reference statistics of the test set's
   features, ``mu`` (d,), ``sigma`` (d, d), ``n``, ``test_accuracy`` and ``classifier_sha256``
   (the checkpoint it belongs to; ``fid_classifier`` refuses a mismatched pair).
@@ -81,7 +82,7 @@ def run(data_file: str, out: str, seed: int = 0, steps: int | None = None) -> di
     from flowrepro.metrics.fid import classifier_features, feature_statistics
     from flowrepro.models.classifier import save_classifier
 
-    arrays = io.load_npz(data_file)
+    arrays = io.load_data(data_file)  # checked against data_file.sha256
     missing = {"train", "train_labels", "test", "test_labels"} - set(arrays)
     if missing:
         raise KeyError(f"{data_file}: an image dataset needs train/test images and labels; missing {sorted(missing)}")

@@ -34,7 +34,7 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
 
     scale = load_scale(scale_file)
     experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
-    references = {path: io.load_npz(path) for path in data_files}
+    references = {path: io.load_data(path) for path in data_files}  # each checked against its .sha256
     classifiers = {Path(path).stem: path for path in classifier_files}
     accuracies = {dataset: _classifier_accuracy(path) for dataset, path in classifiers.items()}  # read once
     base = {"experiment": experiment["id"], "optimizer": "", "scale": scale["scale"]}

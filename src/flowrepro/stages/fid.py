@@ -43,7 +43,7 @@ def run(sample_files: list[str], classifier: str | None = None, inception_weight
                 from flowrepro.metrics.inception import inception_features
 
                 if real_features is None:
-                    real_features = inception_features(io.load_npz(reference)["test"], inception_weights)
+                    real_features = inception_features(io.load_data(reference)["test"], inception_weights)
                 value = fid_from_features(inception_features(images, inception_weights), real_features)
             results[f"{path}:{key}"] = value
             print(f"{path}:{key}\t{value:.6g}")

@@ -33,7 +33,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return grouped[keep + ["value", "seeds"]]
 
 
-STATUSES = ("pass", "fail", "not-run")
+STATUSES = ("pass", "fail", "inconclusive", "not-run")
 
 
 def recipe_summary(experiment: dict, scale: dict) -> str:
@@ -94,9 +94,10 @@ def render_markdown(sections: list[dict], header: str) -> str:
     for s in sections:
         lines += ["", f"## {s['id']}", "", f"**{s['title']}**, {s['source']}", "",
                   f"Sampling/measurement wall time recorded: {s['wall_s']:.1f} s.", "", "### Claims", "",
-                  "| claim | status | observed | threshold | detail |", "|---|---|---|---|---|"]
+                  "| claim | status | observed | threshold | margin | seeds agree | detail |", "|---|---|---|---|---|---|---|"]
         for _, c in s["claims"].iterrows():
-            lines.append(f"| {c['claim_id']}: {c['text']} | **{c['status']}** | {c['observed']} | {c['threshold']} | {c['detail']} |")
+            lines.append(f"| {c['claim_id']}: {c['text']} | **{c['status']}** | {c['observed']} | {c['threshold']} | "
+                         f"{_margin(c)} | {c.get('seeds_agree', '')} | {c['detail']} |")
         for claim_id, reading in s["readings"].items():
             lines.append(f"\n*{claim_id}*: {reading}")
         if s["recipe"]:
@@ -111,12 +112,22 @@ def render_markdown(sections: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _margin(claim) -> str:
+    """'mean ± half-width' of a claim's margin (positive: the claim holds), per comparison."""
+    margins, intervals = str(claim.get("margin", "")), str(claim.get("interval", ""))
+    if not margins:
+        return ""
+    return "; ".join(f"{m} {i}".strip() for m, i in zip(margins.split("; "), intervals.split("; ")))
+
+
 def claims_table(sections: list[dict]) -> str:
     """One markdown table of every claim (the README's results table is this, pasted)."""
-    lines = ["| experiment | claim | status | observed | threshold |", "|---|---|---|---|---|"]
+    lines = ["| experiment | claim | status | observed | threshold | margin (95% one-sided) | seeds agree |",
+             "|---|---|---|---|---|---|---|"]
     for s in sections:
         for _, c in s["claims"].iterrows():
-            lines.append(f"| {s['id']} | {c['claim_id']} | {c['status']} | {c['observed']} | {c['threshold']} |")
+            lines.append(f"| {s['id']} | {c['claim_id']} | {c['status']} | {c['observed']} | {c['threshold']} | "
+                         f"{_margin(c)} | {c.get('seeds_agree', '')} |")
     return "\n".join(lines)
 
 
@@ -125,16 +136,18 @@ def render_html(sections: list[dict], header: str) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flowrepro results</title><style>",
              "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}.pass{background:#d4f7d4}"
-             ".fail{background:#f7d4d4}.not-run{background:#eee}img{max-width:100%}td.n{text-align:right}"
+             ".fail{background:#f7d4d4}.inconclusive{background:#f7efc4}.not-run{background:#eee}img{max-width:100%}td.n{text-align:right}"
              "dl.prov{font-size:13px;display:grid;grid-template-columns:max-content auto;gap:2px 12px}"
              "dl.prov dt{font-weight:bold}dl.prov dd{margin:0}</style></head><body>",
              f"<h1>flowrepro results</h1><p>{esc(header)}</p>", _html_index(sections)]
     for s in sections:
         parts.append(f"<h2 id='{esc(s['id'])}'>{esc(s['id'])}</h2><p><b>{esc(s['title'])}</b>, {esc(s['source'])}</p>")
-        parts.append("<h3>Claims</h3><table><tr><th>claim</th><th>status</th><th>observed</th><th>threshold</th><th>detail</th></tr>")
+        parts.append("<h3>Claims</h3><table><tr><th>claim</th><th>status</th><th>observed</th><th>threshold</th>"
+                     "<th>margin (95% one-sided)</th><th>seeds agree</th><th>detail</th></tr>")
         for _, c in s["claims"].iterrows():
             parts.append(f"<tr class='{esc(c['status'])}'><td>{esc(c['claim_id'])}: {esc(c['text'])}</td><td>{esc(c['status'])}</td>"
-                         f"<td>{esc(str(c['observed']))}</td><td>{esc(str(c['threshold']))}</td><td>{esc(c['detail'])}</td></tr>")
+                         f"<td>{esc(str(c['observed']))}</td><td>{esc(str(c['threshold']))}</td><td>{esc(_margin(c))}</td>"
+                         f"<td>{esc(str(c.get('seeds_agree', '')))}</td><td>{esc(c['detail'])}</td></tr>")
         parts.append("</table>")
         parts += [f"<p><i>{esc(k)}</i>: {esc(v)}</p>" for k, v in s["readings"].items()]
         if s["recipe"]:
@@ -162,8 +175,10 @@ def _html_index(sections: list[dict]) -> str:
             "".join(f"<th>{s}</th>" for s in STATUSES) + "<th>verdict</th></tr>"]
     for sec in sections:
         counts = sec["counts"]
-        verdict = "fail" if counts["fail"] else ("not-run" if counts["not-run"] or not counts["pass"] else "pass")
+        verdict = ("fail" if counts["fail"] else "not-run" if counts["not-run"] or not sum(counts.values())
+                   else "inconclusive" if counts["inconclusive"] else "pass")
         label = {"pass": "all claims pass", "fail": f"{counts['fail']} of {sum(counts.values())} fail",
+                 "inconclusive": f"{counts['inconclusive']} of {sum(counts.values())} inside seed noise",
                  "not-run": "not fully run"}[verdict]
         rows.append(f"<tr><td><a href='#{esc(sec['id'])}'>{esc(sec['id'])}</a></td><td>{esc(sec['title'])}</td>" +
                     "".join(f"<td class='n'>{counts[s]}</td>" for s in STATUSES) +

@@ -1,6 +1,7 @@
 """train: fit one model of a flow experiment, for every seed of the scale or for one (``--seed``).
 
-Output: a torch file with, per seed, the state dict, the loss history and the wall time. At tiny
+Output: a safetensors file (named ``.pt`` for the workflow) with, per seed, the state dict, the loss
+history and the wall time, and JSON metadata (see :func:`flowrepro.io.save_model_file`). At tiny
 scale one job trains every seed (process start-up costs more than a tiny run); at small and paper
 each seed is its own job (``seed_jobs``), so a cluster runs them side by side. Each seed
 checkpoints to ``<out>.seed<k>.ckpt`` so a killed or preempted job resumes where it stopped.
@@ -79,7 +80,7 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
     config = train_config(spec, settings)
     path = build_path(spec)
     objective = build_objective(spec, path, LOSSES.get(config.loss))
-    data = torch.as_tensor(io.load_npz(data_file)["train"], device=device)
+    data = torch.as_tensor(io.load_data(data_file)["train"], device=device)
     data = data if data.dim() == 4 else data.flatten(1)  # images keep (C, H, W) for the UNet
     shape = tuple(data.shape[1:])
     reflow = spec.get("coupling", "independent") == "reflow"
@@ -120,7 +121,7 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
                                  "losses": history, "wall_s": time.perf_counter() - start}
         if ema_model is not None:
             result["seeds"][seed]["ema_state_dict"] = {k: v.cpu() for k, v in ema_model.state_dict().items()}
-    io.save_torch(out, result)
+    io.save_model_file(out, result)  # safetensors + JSON (the .pt name is the workflow's)
     for seed in seeds:
         Path(f"{out}.seed{seed}.ckpt").unlink(missing_ok=True)
     print(f"train: wrote {out}")
@@ -135,10 +136,9 @@ def _load_seeds(model_files: list[str] | str, device: str) -> dict:
 
 
 def _load_infos(model_files: list[str] | str, device: str) -> list[dict]:
-    import torch
-
+    """The train outputs (safetensors + JSON, never a pickle: see :func:`flowrepro.io.load_model_file`)."""
     files = [model_files] if isinstance(model_files, (str, Path)) else list(model_files)
-    infos = [torch.load(f, map_location=device, weights_only=False) for f in files]
+    infos = [io.load_model_file(f, device) for f in files]
     for name, info in zip(files[1:], infos[1:]):
         if (info["dataset"], info["model"], info["spec"]) != (infos[0]["dataset"], infos[0]["model"], infos[0]["spec"]):
             raise ValueError(f"{name}: a different model from {files[0]}; per-seed files must be one model's")
