@@ -15,7 +15,7 @@ from flowrepro.optim.runner import (fit_exponent, performance_profile, reference
                                     time_to_target)
 from flowrepro.registry import OPTIMIZERS
 
-EXPECTED = ["adabelief", "adahessian", "adam", "ademamix", "adamw", "adan", "amsgrad", "diffgrad",
+EXPECTED = ["adabelief", "adahessian", "adam", "ademamix", "adamw", "adan", "amsgrad", "amsgrad_torch", "diffgrad",
             "exadam", "grams", "gravity", "lion", "sgd"]
 #: a safe lr per optimizer on the quadratic (curvatures 1..10)
 QUAD_LR = {"sgd": 0.02, "lion": 0.01, "adahessian": 0.1, "gravity": 1.0}
@@ -110,13 +110,37 @@ def test_fit_exponent_recovers_power_law():
 
 
 def test_amsgrad_counterexample():
-    """Reddi et al.: Adam drifts to x = +1, AMSGrad to the optimum x = -1."""
-    kw = dict(seed=0, steps=10100, log_every=10100, optimizer_kwargs={"betas": (0.9, 0.99)}, curves=False)
+    """Reddi et al.: Adam drifts to x = +1, AMSGrad (the paper's, no bias correction) to the optimum x = -1."""
+    kw = dict(seed=0, steps=101000, log_every=101000, optimizer_kwargs={"betas": (0.9, 0.99)}, curves=False)
     adam = _summary(run_optimizer("amsgrad_online", "adam", 0.5, **kw))
     ams = _summary(run_optimizer("amsgrad_online", "amsgrad", 0.5, **kw))
     assert adam["final_x"] > 0.9
     assert ams["final_x"] < -0.9
     assert ams["avg_regret"] < adam["avg_regret"]
+
+
+def test_amsgrad_is_the_papers_algorithm_without_bias_correction():
+    """Two steps by hand: m, v, v_max with no 1 - beta^t correction; torch's variant differs."""
+    import torch
+
+    from flowrepro.optim.registry import get_optimizer
+
+    x = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = get_optimizer("amsgrad").build([x], lr=0.1, betas=[0.5, 0.5], eps=0.0)
+    expected, m, v, v_max = 1.0, 0.0, 0.0, 0.0
+    for g in (2.0, -1.0):
+        x.grad = torch.tensor([g])
+        opt.step()
+        m, v = 0.5 * m + 0.5 * g, 0.5 * v + 0.5 * g * g
+        v_max = max(v_max, v)
+        expected -= 0.1 * m / v_max ** 0.5
+        assert x.item() == pytest.approx(expected, rel=1e-6)
+    y = torch.nn.Parameter(torch.tensor([1.0]))
+    library = get_optimizer("amsgrad_torch").build([y], lr=0.1, betas=[0.5, 0.5])
+    y.grad = torch.tensor([2.0])
+    library.step()
+    assert y.item() == pytest.approx(1.0 - 0.1, rel=1e-4)  # bias-corrected first step: lr * sign(g)
+    assert abs(y.item() - (1.0 - 0.1 * 1.0 / 2.0 ** 0.5)) > 1e-3  # the paper's first step: lr * m / sqrt(v)
 
 
 def test_projection_and_lr_decay_keep_x_in_box():

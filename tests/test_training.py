@@ -108,7 +108,7 @@ def _one_step_change(config: TrainConfig, tmp_path, name: str) -> float:
     before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     train_flow(model, lambda n, g: independent(data, n, g), LinearPath(), config, seed=0, run_name=name,
                checkpoint=tmp_path / f"{name}.ckpt", progress=False)
-    return float((torch.nn.utils.parameters_to_vector(model.parameters()) - before).norm())
+    return float((torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before).norm())
 
 
 def test_warmup_starts_at_zero_learning_rate_and_clipping_bounds_the_step(tmp_path):

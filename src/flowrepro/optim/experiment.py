@@ -24,7 +24,7 @@ Experiment keys (``config/experiments/<id>.yaml``, ``kind: optimizer``)::
     performance_profile: {metric: seconds_to_target, tau: [1, 2, 4, 8]}   # optional
     lr_batch_scaling:                 # optional, instead of / besides problems
       {problem: digits_mlp, optimizers: [sgd, adam], batch_sizes: [16, 64, 256],
-       lr_grid: [...], steps: 40}
+       lr_grid: [...], steps: 40, min_decrease: 0.1}   # stable: loss at most (1 - min_decrease) of its initial value
     claims: [{id, text, source, expr}]   # read by the claim checker, not here
 
 Settings keys (the scale file's ``optimizers:`` section): ``seeds`` (list), ``step_scale``
@@ -190,7 +190,8 @@ def _run(experiment: dict[str, Any], settings: dict[str, Any], out_csv: str) -> 
             scaling.get("optimizers", ["sgd", "adam"]), [int(b) for b in scaling["batch_sizes"]],
             [float(lr) for lr in scaling["lr_grid"]], seeds,
             max(1, int(round(scaling.get("steps", 40) * float(settings.get("step_scale", 1.0))))),
-            problem=scaling.get("problem", "digits_mlp"), experiment=exp_id, scale=scale))
+            problem=scaling.get("problem", "digits_mlp"), experiment=exp_id, scale=scale,
+            min_decrease=float(scaling.get("min_decrease", 0.1))))
         rows.append({**label, "dataset": scaling.get("problem", "digits_mlp"), "method": "", "optimizer": "",
                      "nfe": "", "seed": "", "metric": "scaling_wall_s",
                      "value": time.perf_counter() - start, "wall_s": time.perf_counter() - start})

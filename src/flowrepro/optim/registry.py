@@ -2,7 +2,8 @@
 
 Every spec builds a ``torch.optim.Optimizer`` from ``(params, lr, **kw)``; extra
 keyword arguments (``betas=[0.9, 0.99]`` from a YAML file, say) are passed through.
-torch.optim covers SGD, Adam, AdamW and AMSGrad; the rest come from pytorch_optimizer,
+torch.optim covers SGD, Adam and AdamW (and AMSGrad with bias corrections, ``amsgrad_torch``);
+``amsgrad`` is the paper's algorithm (:mod:`.amsgrad_paper`); the rest come from pytorch_optimizer,
 which is imported inside ``build`` because importing it takes seconds.
 
 ``needs_create_graph`` tells the runner to call ``loss.backward(create_graph=True)``:
@@ -50,6 +51,12 @@ def _pytorch_optimizer(key: str, **fixed: Any) -> Callable[..., Any]:
     return build
 
 
+def _amsgrad_paper(params: Any, lr: float, **kw: Any) -> Any:
+    from flowrepro.optim.amsgrad_paper import build_amsgrad_paper
+
+    return build_amsgrad_paper(params, lr, **kw)
+
+
 def _register(spec: OptimizerSpec) -> OptimizerSpec:
     return OPTIMIZERS.register(spec.name)(spec)
 
@@ -58,7 +65,10 @@ for _spec in [
     OptimizerSpec("sgd", _torch("SGD", momentum=0.9), source="torch.optim.SGD, heavy-ball momentum 0.9"),
     OptimizerSpec("adam", _torch("Adam"), source="Kingma & Ba 2015"),
     OptimizerSpec("adamw", _torch("AdamW"), source="Loshchilov & Hutter 2019"),
-    OptimizerSpec("amsgrad", _torch("Adam", amsgrad=True), source="Reddi et al. 2018"),
+    OptimizerSpec("amsgrad", lambda params, lr, **kw: _amsgrad_paper(params, lr, **_tuples(kw)),
+                  source="Reddi et al. 2018, Algorithm 2 (no bias correction; flowrepro.optim.amsgrad_paper)"),
+    OptimizerSpec("amsgrad_torch", _torch("Adam", amsgrad=True),
+                  source="torch.optim.Adam(amsgrad=True): AMSGrad with Adam's bias corrections"),
     OptimizerSpec("adabelief", _pytorch_optimizer("adabelief"), source="Zhuang et al. 2020"),
     OptimizerSpec("diffgrad", _pytorch_optimizer("diffgrad"), source="Dubey et al. 2019"),
     OptimizerSpec("lion", _pytorch_optimizer("lion"), source="Chen et al. 2023"),
