@@ -203,16 +203,22 @@ def _matches(cell: Any, wanted: str) -> bool:
         return str(cell) == wanted
 
 
-def select(table, ref: Ref, roles: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """Mean, std and number of seeds of the rows that ``ref`` picks from a tidy table.
-
-    ``roles`` maps a dataset role to the scale's dataset (``dataset=images`` picks cifar10's rows at
-    paper scale), so one claim serves every scale."""
+def _rows(table, ref: Ref, roles: dict[str, str] | None = None):
+    """The rows of a tidy table that ``ref`` picks (a dataset role mapped through ``roles``)."""
     rows = table[table["metric"] == ref.metric]
     for key, wanted in ref.filters:
         if key == "dataset" and roles:
             wanted = roles.get(wanted, wanted)
         rows = rows[rows[key].map(lambda cell, w=wanted: _matches(cell, w)).astype(bool)]  # a list mask of [] would select columns
+    return rows
+
+
+def select(table, ref: Ref, roles: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Mean, std and number of seeds of the rows that ``ref`` picks from a tidy table.
+
+    ``roles`` maps a dataset role to the scale's dataset (``dataset=images`` picks cifar10's rows at
+    paper scale), so one claim serves every scale."""
+    rows = _rows(table, ref, roles)
     if rows.empty:
         raise MissingRows(f"no rows for {ref}")
     if rows["seed"].duplicated().any():
@@ -223,35 +229,16 @@ def select(table, ref: Ref, roles: dict[str, str] | None = None) -> tuple[float,
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
 
 
-def _evaluate(node, table, seen: dict[str, tuple[float, float, int]], roles: dict | None = None) -> float:
-    kind = node[0]
-    if kind == "num":
-        return node[1]
-    if kind == "ref":
-        seen[str(node[1])] = select(table, node[1], roles)
-        return seen[str(node[1])][0]
-    if kind == "neg":
-        return -_evaluate(node[1], table, seen, roles)
-    if kind == "call":
-        return float(FUNCTIONS[node[1]](*[_evaluate(a, table, seen, roles) for a in node[2]]))
-    left, right = _evaluate(node[1], table, seen, roles), _evaluate(node[2], table, seen, roles)
-    return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else math.inf}[kind]
-
-
 def _per_seed(table, ref: Ref, roles: dict | None) -> dict:
     """seed -> value of the rows ``ref`` picks; a single row is returned under the key None (any seed)."""
-    rows = table[table["metric"] == ref.metric]
-    for key, wanted in ref.filters:
-        if key == "dataset" and roles:
-            wanted = roles.get(wanted, wanted)
-        rows = rows[rows[key].map(lambda cell, w=wanted: _matches(cell, w)).astype(bool)]
+    rows = _rows(table, ref, roles)
     if len(rows) == 1:
         return {None: float(rows["value"].iloc[0])}
     return {seed: float(value) for seed, value in zip(rows["seed"], rows["value"])}
 
 
 def _evaluate_seed(node, values: dict, seed) -> float:
-    """``node`` with every ref's value at ``seed`` (a single-row ref at any seed)."""
+    """``node`` with every ref's value at ``seed`` (a single-row ref, key None, at any seed)."""
     kind = node[0]
     if kind == "num":
         return node[1]
@@ -287,12 +274,13 @@ def check_claim(expr: str, table, roles: dict[str, str] | None = None, confidenc
     from flowrepro import verdicts
 
     comparisons = parse_claim(expr)
-    seen: dict[str, tuple[float, float, int]] = {}
-    try:
-        results = [(op, _evaluate(l, table, seen, roles), _evaluate(r, table, seen, roles)) for op, l, r in comparisons]
+    try:  # mean, std and n of every ref, in the order the claim reads them
+        seen = {str(ref): select(table, ref, roles) for ref in refs_of(comparisons)}
     except MissingRows as missing:
         return {"status": "not-run", "observed": "", "threshold": "", "margin": "", "interval": "", "seeds_agree": "",
                 "detail": str(missing)}
+    means = {ref: {None: mean} for ref, (mean, _, _) in seen.items()}
+    results = [(op, _evaluate_seed(l, means, None), _evaluate_seed(r, means, None)) for op, l, r in comparisons]
     decided = []
     for op, left, right in comparisons:
         values = {str(ref): _per_seed(table, ref, roles) for ref in refs_of(left) + refs_of(right)}
