@@ -1,11 +1,15 @@
 # flowrepro: acquire -> train -> sample -> evaluate -> claims -> figures -> report.
 # Rules only wire paths; every job calls one `flowrepro <stage>` command.
+import json
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from flowrepro.config import (IMAGE_DATASETS, bind_roles, check_dataset_sizes, flow_settings, load_experiment,
-                              load_scale, model_key, shared_models, training_settings)
+from flowrepro.config import (IMAGE_DATASETS, bind_roles, check_dataset_sizes, experiment_plugin_files, flow_settings,
+                              load_experiment, model_identity, model_key, model_plugins, sampling_plugin_files,
+                              shared_models, training_settings, workflow_scale)
 from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 
 min_version("8.0")
@@ -14,11 +18,14 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
-# Validate everything before any job runs: the config, the scale file, each experiment file, and
-# that the scale's datasets can supply its sample sizes.
+# Validate everything before any job runs: the config, the scale file (a name or a path, with any
+# of its keys overridden by the config), each experiment file, and that the scale's datasets can
+# supply its sample sizes.
 validate(config, "workflow/schemas/config.schema.yaml")
-SCALE_FILE = f"config/scales/{config['scale']}.yaml"
-SCALE = load_scale(SCALE_FILE)
+SCALE_FILE, SCALE = workflow_scale(config)  # the file every job reads (the merged scale where the config overrides it)
+SCALE_NAME = SCALE["scale"]
+# Jobs run the interpreter that runs Snakemake, so they never depend on `flowrepro` being on PATH.
+FLOWREPRO = f"{shlex.quote(sys.executable)} -m flowrepro"
 SEEDS = SCALE["seeds"]
 SEED_JOBS = SCALE.get("seed_jobs", False)  # small/paper: each seed of a model trains in its own job
 
@@ -39,7 +46,7 @@ MODEL_OWNERS = shared_models(FLOW, SCALE)  # model key -> the first experiment/m
 
 # Tiny models are overhead-bound: one thread per job, two jobs side by side, beats two threads
 # per job (and two-thread jobs slow down 20x or more when anything else shares the cores).
-JOB_THREADS = 1 if config["scale"] == "tiny" else 4
+JOB_THREADS = 1 if SCALE_NAME == "tiny" else 4
 
 
 def one_of(names):
@@ -49,6 +56,16 @@ def one_of(names):
 
 def experiment_file(wildcards):
     return EXPERIMENT_FILES[wildcards.experiment]
+
+
+def plugin_files(wildcards):
+    """The experiment's plugin files: inputs of its benchmark job, so an edit reruns it."""
+    return experiment_plugin_files(EXPERIMENTS[wildcards.experiment])
+
+
+def sampler_plugin_files(wildcards):
+    """Plugin files of the samplers and schedules run on this model (its own plugins are in its key)."""
+    return sampling_plugin_files(EXPERIMENTS[wildcards.experiment], wildcards.model)
 
 
 include: "workflow/rules/data.smk"

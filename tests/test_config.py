@@ -31,6 +31,8 @@ def test_paper_scale_dag_builds(workflow_copy):
 @pytest.mark.parametrize("file,change,named", [
     ("config/config.yaml", lambda d: d.update(experimentz=d.pop("experiments")), "experimentz"),
     ("config/config.yaml", lambda d: d.update(scale="huge"), "huge"),
+    ("config/config.yaml", lambda d: d.update(flow2d={"stepz": 100}), "stepz"),  # an override the scale lacks
+    ("config/config.yaml", lambda d: d.update(scale="my/trial.yaml"), "my/trial.yaml"),
     ("config/scales/tiny.yaml", lambda d: d["flow2d"].update(steps="many"), "flow2d/steps"),
     ("config/scales/tiny.yaml", lambda d: d["flow2d"].update(stepz=d["flow2d"].pop("steps")), "stepz"),
     ("config/experiments/rectified_flow.yaml", lambda d: d["models"]["rf1"].update(coupling="indepndent"), "models/rf1/coupling"),

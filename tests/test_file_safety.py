@@ -68,7 +68,7 @@ def moons(tmp_path):
 @pytest.fixture
 def trained_model(tmp_path, tiny_scale, moons):
     out = tmp_path / "results/models/moons/rf1.pt"
-    train.run(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(out), progress=False)
+    train.run_from_experiment(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(out), progress=False)
     return out
 
 
@@ -154,7 +154,7 @@ def test_flipped_byte_in_a_data_file_is_refused_by_train_naming_file_and_hashes(
     actual = io.sha256_file(moons)
     out = tmp_path / "rf1.pt"
     with pytest.raises(io.ChecksumMismatch) as error:
-        train.run(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(out), progress=False)
+        train.run_from_experiment(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(out), progress=False)
     message = str(error.value)
     assert message.startswith(f"{moons}: ") and expected in message and actual in message, message
     assert not out.exists()
@@ -180,7 +180,7 @@ def test_a_data_file_without_its_checksum_is_refused_naming_the_sidecar(tmp_path
     sidecar = moons.parent / "moons.npz.sha256"
     sidecar.unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(f"{sidecar}: missing; re-run `flowrepro acquire`")):
-        train.run(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(tmp_path / "rf1.pt"), progress=False)
+        train.run_from_experiment(str(EXPERIMENT), str(tiny_scale), "moons", "rf1", str(moons), str(tmp_path / "rf1.pt"), progress=False)
     sidecar.write_text("not a hash  moons.npz\n")
     with pytest.raises(io.ChecksumMismatch, match=re.escape(f"{sidecar}: not a sha256sum line")):
         io.load_data(moons)

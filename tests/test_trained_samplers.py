@@ -19,7 +19,7 @@ def trained(tmp_path, tiny_scale):
     models = {}
     for experiment, model in (("boss_trained", "fm_ot"), ("time_shift_trained", "vp_eps")):
         out = tmp_path / f"{model}.pt"
-        train.run(str(REPO / f"config/experiments/{experiment}.yaml"), str(tiny_scale), "8gaussians", model, str(data),
+        train.run_from_experiment(str(REPO / f"config/experiments/{experiment}.yaml"), str(tiny_scale), "8gaussians", model, str(data),
                   str(out), progress=False)
         models[model] = out
     return tmp_path, tiny_scale, data, models

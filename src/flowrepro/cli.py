@@ -21,6 +21,7 @@ STAGES = """stages, in workflow order:
   plot           figures -> results/<experiment>/figures/*.png|pdf
   report         every experiment on one page -> results/report.md, results/report.html
   cache          publish (push) or fetch (pull) data and results with DVC
+  list           every registered piece (paths, couplings, samplers, ...) with its options, plugins included
 """
 
 
@@ -50,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a file's published digest (md5: 32 hex, sha256: 64 hex), e.g. for a local "
                         "stand-in archive; repeatable")
 
-    p = stage("train", "train one model of a flow experiment (all seeds, or one with --seed)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--model", required=True)
+    p = stage("train", "train one model of a flow experiment (all seeds, or one with --seed)", experiment=False)
+    p.add_argument("--model-spec", default=None,
+                   help="the model as JSON (what the workflow passes: the same whichever experiment lists it)")
+    p.add_argument("--experiment", default=None, help="by hand: config/experiments/<id>.yaml, with --model and --dataset")
+    p.add_argument("--model", default=None, help="by hand: the model's name in --experiment")
+    p.add_argument("--dataset", default=None, help="by hand: the dataset to train on")
     p.add_argument("--data", required=True)
     p.add_argument("--seed", type=int, default=None, help="train only this seed of the scale (its own job at small/paper)")
     p.add_argument("--pairs", default=None, help="reflow pairs .npy (for coupling: reflow)")
@@ -111,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-html", required=True)
     from flowrepro.cache import add_cache_parser
+    from flowrepro.stages import listing
 
     add_cache_parser(sub)
+    listing.add_parser(sub)
     return parser
 
 
@@ -130,12 +136,20 @@ def main(argv: list[str] | None = None) -> int:
             # A mistyped --digest is a usage error: a message, not a traceback.
             raise SystemExit(f"acquire: {error}") from error
     elif args.stage == "train":
+        import json
+
+        from flowrepro.config import load_scale
         from flowrepro.generative.training import Interrupted
         from flowrepro.stages import train
 
+        if (args.model_spec is None) == (args.experiment is None) or (args.experiment and not (args.model and args.dataset)):
+            raise SystemExit("train: give --model-spec JSON, or --experiment with --model and --dataset")
+        description, name = json.loads(args.model_spec) if args.model_spec else None, args.model
+        if description is None:
+            description = train.describe(args.experiment, args.model, args.dataset, load_scale(args.scale))
         try:
-            train.run(args.experiment, args.scale, args.dataset, args.model, args.data, args.out,
-                      args.pairs, args.init, progress=not args.no_progress, seed=args.seed)
+            train.run(description, args.scale, args.data, args.out, args.pairs, args.init,
+                      progress=not args.no_progress, seed=args.seed, name=name)
         except Interrupted as stopped:  # SLURM's time limit or preemption: the retry resumes from the checkpoint
             print(f"train: {stopped}", file=sys.stderr)
             return 143
@@ -171,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from flowrepro.stages import plot
 
         plot.run(args.experiment, args.metrics, args.data, args.samples, args.out_dir)
+    elif args.stage == "list":
+        from flowrepro.stages import listing
+
+        return listing.run(args)
     elif args.stage == "cache":
         from flowrepro.cache import run_cache
 

@@ -80,40 +80,41 @@ def load_experiment(path: str | Path) -> dict:
         for key in ("pairs_from", "init"):
             if key in spec and spec[key] not in experiment["models"]:
                 raise ConfigError(f"{path}: models/{name}/{key} names unknown model {spec[key]!r}")
-        if spec.get("coupling") == "reflow" and "pairs_from" not in spec:
+        if spec.get("coupling") == "reflow" and "pairs_from" not in spec:  # reflow takes no options
             raise ConfigError(f"{path}: models/{name}: coupling reflow needs pairs_from")
     return experiment
 
 
 def _check_piece_names(experiment: dict, path: str | Path) -> None:
-    """Every piece a model names must be registered (built-ins, or a module under plugins:)."""
+    """Every piece a model or sampling entry names is registered (built-ins, or a module under
+    plugins:) and takes the options given to it (:func:`flowrepro.pieces.check`)."""
     import inspect
 
-    from flowrepro import registry
+    from flowrepro import pieces, registry
     from flowrepro.generative import couplings, losses, paths  # noqa: F401  (register built-ins)
-
-    registry.load_plugins(experiment.get("plugins", []))
-    tables = {"path": registry.PATHS, "coupling": registry.COUPLINGS, "loss": registry.LOSSES,
-              "time_density": registry.TIME_DENSITIES}
-    for name, spec in experiment["models"].items():
-        for key, table in tables.items():
-            if key in spec and spec[key] not in table:
-                raise ConfigError(f"{path}: models/{name}/{key}: unknown {table.kind} {spec[key]!r}; known: {table.names()}")
-        coupling = spec.get("coupling", "independent")
-        if "coupling_reg" in spec and "reg" not in inspect.signature(registry.COUPLINGS.get(coupling)).parameters:
-            raise ConfigError(f"{path}: models/{name}/coupling_reg: coupling {coupling!r} takes no reg (minibatch_sinkhorn does)")
     from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift  # noqa: F401  (register built-ins)
 
+    registry.load_plugins(experiment.get("plugins", []), listed_by=path)
+    for name, spec in experiment["models"].items():
+        for kind in MODEL_PIECES:
+            if kind in spec:
+                pieces.check(kind, spec[kind], f"{path}: models/{name}/{kind}")
+        coupling = pieces.build("coupling", spec.get("coupling", "independent"))
+        if "coupling_reg" in spec and "reg" not in inspect.signature(coupling).parameters:
+            raise ConfigError(f"{path}: models/{name}/coupling_reg: coupling {pieces.name_of(spec.get('coupling', 'independent'))!r} "
+                              "takes no reg (minibatch_sinkhorn does)")
     for label, options in experiment.get("sampling", {}).items():
-        sampler = options.get("sampler", label)
-        if sampler not in registry.SAMPLERS:
-            raise ConfigError(f"{path}: sampling/{label}: unknown sampler {sampler!r}; known: {registry.SAMPLERS.names()}")
+        pieces.check("sampler", options.get("sampler", label), f"{path}: sampling/{label}/sampler")
         unknown = sorted(set(options.get("models", [])) - set(experiment["models"]))
         if unknown:
             raise ConfigError(f"{path}: sampling/{label}/models: unknown model(s) {unknown}; known: {sorted(experiment['models'])}")
         schedule = options.get("schedule", "uniform")
-        if schedule not in registry.SCHEDULES:
-            raise ConfigError(f"{path}: sampling/{label}/schedule: unknown schedule {schedule!r}; known: {registry.SCHEDULES.names()}")
+        if pieces.name_of(schedule) != "boss":  # boss is estimated on the model (stages.sample), not a grid function
+            pieces.check("schedule", schedule, f"{path}: sampling/{label}/schedule")
+
+
+#: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).
+MODEL_PIECES = ("path", "coupling", "loss", "time_density")
 
 
 def load_scale(path: str | Path) -> dict:
@@ -122,6 +123,50 @@ def load_scale(path: str | Path) -> dict:
         if section in scale:
             _check_sample_sizes(scale, section, path)
     return scale
+
+
+def workflow_scale(workflow_config: dict, write_dir: str | Path = "results/scales") -> tuple[str, dict]:
+    """``(scale file every job reads, the scale)`` of the workflow config.
+
+    ``scale:`` names a shipped scale (``tiny``: config/scales/tiny.yaml) or any scale file by path.
+    Every other key of the config but ``experiments`` overrides that file, section by section (a
+    ``--configfile`` with ``flow2d: {steps: 100}`` and ``seeds: [0, 1]`` shortens a trial run): the
+    merged scale is validated, so a key the scale does not have is an error naming it, never ignored;
+    where it differs from the file it is written to ``<write_dir>/<name>.<hash>.yaml`` for the jobs.
+    """
+    import hashlib
+    import json
+
+    entry = workflow_config["scale"]
+    path = entry if str(entry).endswith((".yaml", ".yml")) else f"config/scales/{entry}.yaml"
+    base = load_yaml(path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: a scale file is a mapping (scale: ..., seeds: ..., flow2d: ...)")
+    overrides = {k: v for k, v in workflow_config.items() if k not in ("scale", "experiments")}
+    merged = _merge(base, overrides)
+    if merged == base:
+        return path, load_scale(path)
+    source = f"{path} with the workflow config's overrides {sorted(overrides)}"
+    validate(merged, "scale", source)
+    text = yaml.safe_dump(merged, sort_keys=True)
+    digest = hashlib.sha256(json.dumps(merged, sort_keys=True).encode()).hexdigest()[:10]
+    written = Path(write_dir) / f"{Path(path).stem}.{digest}.yaml"
+    if not written.exists():
+        from flowrepro.io import write_text
+
+        write_text(written, f"# {source}\n" + text)
+    try:
+        return str(written), load_scale(written)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace(str(written), source)) from None
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 #: Scale names (config/scales/<name>.yaml).
@@ -246,9 +291,23 @@ def model_key(experiment: dict, name: str, dataset: str, scale: dict | None = No
     import hashlib
     import json
 
+    identity = model_identity(experiment, name, dataset, scale)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def model_identity(experiment: dict, name: str, dataset: str, scale: dict | None = None) -> dict:
+    """What :func:`model_key` hashes: the dataset, the spec (defaults filled in, pieces canonical,
+    ``pairs_from``/``init`` as their models' keys), the sha256 of each plugin file that supplies one
+    of its pieces, and the experiment's recipe where it differs from the scale's. Nothing in it
+    names the experiment, so every experiment that defines this model shares its file and job."""
+    from flowrepro import pieces
+
     spec = MODEL_DEFAULTS | experiment["models"][name]  # {path: linear} and {path: linear, coupling: independent} are one model
-    identity = {"dataset": dataset, "spec": spec, "plugins": experiment.get("plugins", [])}
+    spec = {k: pieces.canonical(v) if k in MODEL_PIECES else v for k, v in spec.items()}
+    identity = {"dataset": dataset, "spec": spec, "plugins": sorted(f["sha256"] for f in model_plugins(experiment, name))}
     if scale is not None:
+        # the optimizer that will train it: the spec's, else the recipe's (adam at small/paper), else adamw
+        spec["optimizer"] = experiment["models"][name].get("optimizer", training_settings(scale, experiment, dataset).get("optimizer", "adamw"))
         if "ema_decay" in spec:
             settings = training_settings(scale, experiment, dataset)
             if float(spec["ema_decay"]) == ema_decay({k: v for k, v in spec.items() if k != "ema_decay"}, settings):
@@ -259,8 +318,72 @@ def model_key(experiment: dict, name: str, dataset: str, scale: dict | None = No
     for key in ("pairs_from", "init"):
         if key in spec:
             spec[key] = model_key(experiment, spec[key], dataset, scale)
-    text = json.dumps(identity, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return identity
+
+
+def model_plugins(experiment: dict, name: str) -> list[dict]:
+    """``[{file, sha256}]`` of the plugin files that supply a piece of the model ``name`` (loaded
+    first): the files its training job reads, whose edits change its key."""
+    from flowrepro import pieces, registry
+    from flowrepro.generative import couplings, losses, paths  # noqa: F401  (register built-ins)
+
+    registry.load_plugins(experiment.get("plugins", []), listed_by=experiment.get("id"))
+    spec = experiment["models"][name]
+    files = {pieces.table(kind).source(pieces.name_of(spec[kind])) for kind in MODEL_PIECES if kind in spec}
+    if "optimizer" in spec:
+        from flowrepro.optim import registry as optimizers  # noqa: F401  (register built-ins)
+
+        files.add(registry.OPTIMIZERS.source(spec["optimizer"]))
+    files.discard(None)
+    return [{"file": _relative(f), "sha256": file_sha256(f)} for f in sorted(files)]
+
+
+def sampling_plugin_files(experiment: dict, model: str) -> list[str]:
+    """The plugin files that supply a sampler or schedule the experiment runs on ``model``: with the
+    model file, what its sample job reads (an edit to a plugin no sampling entry uses reruns nothing)."""
+    from flowrepro import pieces, registry
+    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift  # noqa: F401  (register built-ins)
+
+    registry.load_plugins(experiment.get("plugins", []), listed_by=experiment.get("id"))
+    files = set()
+    for label, options in experiment.get("sampling", {}).items():
+        if model not in options.get("models", [model]):
+            continue
+        files.add(registry.SAMPLERS.source(pieces.name_of(options.get("sampler", label))))
+        schedule = pieces.name_of(options.get("schedule", "uniform"))
+        if schedule in registry.SCHEDULES:
+            files.add(registry.SCHEDULES.source(schedule))
+    files.discard(None)
+    return sorted(_relative(f) for f in files)
+
+
+def experiment_plugin_files(experiment: dict) -> list[str]:
+    """Every file among an experiment's ``plugins:`` (module entries by their module's file)."""
+    import importlib.util
+
+    from flowrepro.registry import is_plugin_file, load_plugins
+
+    load_plugins(experiment.get("plugins", []), listed_by=experiment.get("id"))
+    files = []
+    for entry in experiment.get("plugins", []):
+        origin = entry if is_plugin_file(entry) else importlib.util.find_spec(entry).origin
+        files.append(_relative(origin))
+    return files
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (workflow paths), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
 
 
 def shared_models(experiments: dict[str, dict], scale: dict | None = None) -> dict[str, dict]:

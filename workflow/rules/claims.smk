@@ -3,7 +3,6 @@ rule claims:
         experiment=experiment_file,
         metrics="results/{experiment}/metrics.csv",
     params:
-        scale_file=SCALE_FILE,
         roles=SCALE.get("roles", {}),  # claims select datasets by role: a change of mapping re-runs them
     output:
         report(
@@ -16,5 +15,5 @@ rule claims:
     benchmark:
         "logs/benchmarks/claims/{experiment}.tsv"
     shell:
-        "flowrepro claims --experiment {input.experiment} --scale {params.scale_file} --metrics {input.metrics}"
+        "{FLOWREPRO} claims --experiment {input.experiment} --scale {SCALE_FILE} --metrics {input.metrics}"
         " --out {output} > {log} 2>&1"

@@ -14,5 +14,5 @@ rule acquire:
     benchmark:
         "logs/benchmarks/acquire/{dataset}.tsv"
     shell:
-        "flowrepro acquire --dataset {wildcards.dataset} --out {output.npz}"
+        "{FLOWREPRO} acquire --dataset {wildcards.dataset} --out {output.npz}"
         " --n-train {params.n_train} --n-test {params.n_test} {params.downloads} > {log} 2>&1"

@@ -33,13 +33,13 @@ rule classifier:
         dataset="|".join(IMAGE_DATASETS),
     threads: JOB_THREADS
     resources:
-        gpu=0 if config["scale"] in ("tiny", "smoke") else 1,
+        gpu=0 if SCALE_NAME in ("tiny", "smoke") else 1,
     log:
         "logs/classifier/{dataset}.log",
     benchmark:
         "logs/benchmarks/classifier/{dataset}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro classifier --data {input.data} --out {output.model} {params.steps} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {FLOWREPRO} classifier --data {input.data} --out {output.model} {params.steps} > {log} 2>&1"
 
 
 rule evaluate:
@@ -49,7 +49,6 @@ rule evaluate:
         samples=flow_samples,
         classifiers=flow_classifiers,
     params:
-        scale_file=SCALE_FILE,
         settings=flow_experiment_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         report(
@@ -65,7 +64,7 @@ rule evaluate:
     benchmark:
         "logs/benchmarks/evaluate/{experiment}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro evaluate --experiment {input.experiment} --scale {params.scale_file}"
+        "OMP_NUM_THREADS={threads} {FLOWREPRO} evaluate --experiment {input.experiment} --scale {SCALE_FILE}"
         " --data {input.data} --samples {input.samples} --classifiers {input.classifiers} --out {output} > {log} 2>&1"
 
 
@@ -88,8 +87,8 @@ rule benchmark:
     input:
         experiment=experiment_file,
         data=benchmark_data,
+        plugins=plugin_files,
     params:
-        scale_file=SCALE_FILE,
         settings=benchmark_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         report(
@@ -105,5 +104,5 @@ rule benchmark:
     benchmark:
         "logs/benchmarks/benchmark/{experiment}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} flowrepro benchmark --experiment {input.experiment} --scale {params.scale_file}"
+        "OMP_NUM_THREADS={threads} {FLOWREPRO} benchmark --experiment {input.experiment} --scale {SCALE_FILE}"
         " --out {output} > {log} 2>&1"

@@ -16,5 +16,5 @@ rule plot:
     benchmark:
         "logs/benchmarks/plot/{experiment}.tsv"
     shell:
-        "flowrepro plot --experiment {input.experiment} --metrics {input.metrics} --data {input.data}"
+        "{FLOWREPRO} plot --experiment {input.experiment} --metrics {input.metrics} --data {input.data}"
         " --samples {input.samples} --out-dir {output} > {log} 2>&1"

@@ -5,7 +5,6 @@ rule report:
         metrics=[f"results/{e}/metrics.csv" for e in EXPERIMENTS],
         figures=[f"results/{e}/figures" for e in EXPERIMENTS],
     params:
-        scale_file=SCALE_FILE,
         settings={"scale": SCALE["scale"], "seeds": SCALE["seeds"]},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         md="results/report.md",
@@ -15,5 +14,5 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv"
     shell:
-        "flowrepro report --scale {params.scale_file} --experiments {input.experiments} --claims {input.claims}"
+        "{FLOWREPRO} report --scale {SCALE_FILE} --experiments {input.experiments} --claims {input.claims}"
         " --metrics {input.metrics} --figures {input.figures} --out-md {output.md} --out-html {output.html} > {log} 2>&1"

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from flowrepro import pieces
+
 
 def regression(path, loss_fn: Callable, prediction: str = "velocity") -> Callable:
     if prediction not in ("velocity", "epsilon"):
@@ -73,7 +75,7 @@ def build_objective(spec: dict, path, loss_fn: Callable) -> Callable:
     if name == "velocity_consistency":
         return velocity_consistency(path, spec.get("segments", 2), spec.get("delta", 1e-3))
     if name == "distill":
-        if spec.get("coupling") != "reflow":
+        if pieces.name_of(spec.get("coupling", "independent")) != "reflow":
             raise ValueError("objective distill needs coupling: reflow (the pairs of the model it distils)")
         return distill(loss_fn)
     raise ValueError(f"unknown objective {name!r}; known: regression, velocity_consistency, distill")

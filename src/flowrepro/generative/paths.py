@@ -44,6 +44,8 @@ class AffinePath:
 @PATHS.register("linear")
 @dataclass(frozen=True)
 class LinearPath(AffinePath):
+    """Rectified flow / OT path: a = 1 - (1 - sigma_min) t, b = t."""
+
     sigma_min: float = 0.0
 
     def coefficients(self, t):
@@ -54,6 +56,8 @@ class LinearPath(AffinePath):
 @PATHS.register("vp")
 @dataclass(frozen=True)
 class VPPath(AffinePath):
+    """Variance-preserving diffusion path: b = alpha_{1-t}, a = sqrt(1 - b^2), beta linear in time."""
+
     beta_min: float = 0.1
     beta_max: float = 20.0
     #: a(t) -> 0 at t=1 makes a'(t) blow up; training times are clipped to [0, 1 - t_eps].
@@ -72,6 +76,8 @@ class VPPath(AffinePath):
 @PATHS.register("trig")
 @dataclass(frozen=True)
 class TrigPath(AffinePath):
+    """Trigonometric interpolant: a = cos(pi t / 2), b = sin(pi t / 2)."""
+
     def coefficients(self, t):
         half_pi = 0.5 * math.pi
         return (half_pi * t).cos(), (half_pi * t).sin(), -half_pi * (half_pi * t).sin(), half_pi * (half_pi * t).cos()
@@ -91,10 +97,14 @@ class GammaInterpolant(AffinePath):
 
 
 def build_path(spec: dict):
-    """The path a model spec names, with its options (``sigma_min`` for linear, ``gamma``)."""
-    name = spec.get("path", "linear")
-    cls = PATHS.get(name)
-    path = cls(sigma_min=spec["sigma_min"]) if "sigma_min" in spec else cls()
+    """The path a model spec names with its options: ``path: {name: linear, sigma_min: 0.01}``
+    (:mod:`flowrepro.pieces`); the spec's own ``sigma_min`` and ``gamma`` keys also apply."""
+    from flowrepro import pieces
+
+    name, options = pieces.split(spec.get("path", "linear"))
+    if "sigma_min" in spec:
+        options = {**options, "sigma_min": spec["sigma_min"]}
+    path = pieces.build("path", {"name": name, **options})
     return GammaInterpolant(path, float(spec["gamma"])) if spec.get("gamma") else path
 
 

@@ -39,8 +39,8 @@ class TrainConfig:
     lr: float
     checkpoint_every: int = 500
     optimizer: str = "adamw"
-    time_density: str = "uniform"
-    loss: str = "mse"
+    time_density: str | dict = "uniform"  # a name, or {name: ..., <option>: ...} (flowrepro.pieces)
+    loss: str | dict = "mse"
     ema_decay: float = 0.0
     bf16: bool = True
     compile: bool = False
@@ -115,12 +115,12 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     import torch
     from tqdm import tqdm
 
+    from flowrepro import pieces
     from flowrepro.generative import losses
     from flowrepro.generative.objectives import regression
-    from flowrepro.registry import LOSSES, TIME_DENSITIES
 
     _ = losses  # registers mse and the time densities
-    loss_fn, sample_time = LOSSES.get(config.loss), TIME_DENSITIES.get(config.time_density)
+    loss_fn, sample_time = pieces.build("loss", config.loss), pieces.build("time_density", config.time_density)
     objective = objective or regression(path, loss_fn)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.betas, config.eps,
                                 config.weight_decay)

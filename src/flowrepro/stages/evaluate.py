@@ -8,7 +8,9 @@ distance, on fixed random subsets of at most ``MMD_MAX_POINTS`` points; see
 :mod:`flowrepro.metrics`; on images one median bandwidth in pixel space means little and
 fid_classifier covers them); solver_error, the mean distance of each run's samples to a fine solve
 of the model's own ODE from the same noise, where the experiment asks for that ``reference:``;
-straightness and transport_cost from each seed's Euler trajectory;
+straightness (S(Z) of rectified flow, 0 only for straight paths at constant speed), arc_chord_gap
+(E[1 - chord / arc length], 0 for any straight path whatever its speed) and transport_cost from
+each seed's Euler trajectory (:mod:`flowrepro.metrics.flow`);
 ``method=data`` rows, the distance between two finite samples of the target itself (the floor no
 model can go below at this sample size); and ``method=noise`` rows, the source N(0, I) itself
 (where every model starts: the ceiling).
@@ -85,7 +87,7 @@ MMD_MAX_POINTS = 1000
 
 def _sample_rows(path: str, samples, references: dict, w2_reference, quality, base: dict, scale: dict) -> list[dict]:
     """The metric rows of one sample file (read lazily, one run at a time)."""
-    from flowrepro.metrics.flow import straightness, transport_cost
+    from flowrepro.metrics.flow import arc_chord_gap, straightness, transport_cost
 
     index = json.loads(str(samples["runs"]))
     dataset, method = index["dataset"], index["model"]
@@ -112,6 +114,7 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         row = {**base, "dataset": dataset, "method": method, "sampler": "euler", "schedule": "uniform",
                "nfe": len(times) - 1, "seed": seed, "wall_s": 0.0}
         rows.append({**row, "metric": "straightness", "value": straightness(trajectory, times)})
+        rows.append({**row, "metric": "arc_chord_gap", "value": arc_chord_gap(trajectory)})
         rows.append({**row, "metric": "transport_cost", "value": transport_cost(trajectory)})
     return rows
 

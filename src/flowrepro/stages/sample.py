@@ -42,23 +42,25 @@ def sampler_runs(label: str, options: dict):
     (e.g. ``euler_perturbed: {sampler: euler, velocity_error: 0.5, nfe: [...]}``). A ``boss``
     schedule gets ``steps`` here; its grid is estimated on the model in :func:`run`.
     """
-    from flowrepro.registry import SAMPLERS, SCHEDULES
+    from flowrepro import pieces
+    from flowrepro.registry import SAMPLERS
     from flowrepro.samplers import diffusion, ode, trained_diffusion
 
-    name = options.get("sampler", label)
-    schedule = options.get("schedule", "uniform")
-    extra = {key: options[key] for key in SAMPLER_OPTIONS if key in options}
+    name, sampler_options = pieces.split(options.get("sampler", label))  # sampler: {name: ab3, <option>: ...}
+    schedule = pieces.name_of(options.get("schedule", "uniform"))
+    extra = {key: options[key] for key in SAMPLER_OPTIONS if key in options} | sampler_options
     if name in diffusion.SCHEDULERS:  # a diffusers scheduler on the trained model (trained_diffusion)
         return name, [(schedule, {"scheduler": name, "steps": trained_diffusion.steps_for_budget(name, nfe, schedule),
                                   "schedule": schedule}) for nfe in options["nfe"]]
     if name == "ddim_ts":  # one model call per step
         return name, [(schedule, {"steps": nfe, **extra}) for nfe in options["nfe"]]
     if "rtol" in options:
-        return name, [(f"adaptive_rtol{rtol:g}", {"rtol": rtol, "atol": rtol}) for rtol in options["rtol"]]
+        return name, [(f"adaptive_rtol{rtol:g}", {"rtol": rtol, "atol": rtol, **sampler_options}) for rtol in options["rtol"]]
     calls = getattr(SAMPLERS.get(name), "calls_per_step", ode.CALLS_PER_STEP.get(name, 1))
     if schedule == "boss":
         return name, [(schedule, {"steps": max(1, nfe // calls), **extra}) for nfe in options["nfe"]]
-    return name, [(schedule, {"times": SCHEDULES.get(schedule)(max(1, nfe // calls)), **extra}) for nfe in options["nfe"]]
+    grid = pieces.build("schedule", options.get("schedule", "uniform"))  # schedule: {name: ..., <option>: ...}
+    return name, [(schedule, {"times": grid(max(1, nfe // calls)), **extra}) for nfe in options["nfe"]]
 
 
 def _boss_grids(model, options: dict, settings: dict, diffusers_scheduler: bool, max_steps: int, shape, seed: int,
@@ -139,6 +141,7 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str, out
 def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info: dict, settings: dict, batch: int,
                   device: str, model_files) -> list[dict]:
     """Every run of one ``sampling:`` entry on one seed's model; each run's samples go to ``writer``."""
+    from flowrepro import pieces
     from flowrepro.registry import SAMPLERS
     from flowrepro.samplers import diffusion, sde, trained_diffusion
     from flowrepro.samplers.nfe import NFECounter
@@ -148,7 +151,7 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
     field = sde.PerturbedVelocity(model, options["velocity_error"]) if "velocity_error" in options else model
     counter = NFECounter(field)
     grids, calibration_nfe = {}, 0
-    if options.get("schedule") == "boss":
+    if pieces.name_of(options.get("schedule", "uniform")) == "boss":
         max_steps = max(kwargs["steps"] for _, kwargs in settings_list)
         grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
                                              max_steps, info["shape"], seed, device)

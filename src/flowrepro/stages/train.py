@@ -50,53 +50,95 @@ def _pairs_index(pairs_file: str, n_seeds_in_file: int, seed: int, scale: dict) 
     raise ValueError(f"{pairs_file}: pairs of {n_seeds_in_file} seeds; expected 1 or the scale's {len(scale['seeds'])}")
 
 
-def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, data_file: str,
-        out: str, pairs_file: str | None = None, init_files: list[str] | str | None = None,
-        progress: bool = True, seed: int | None = None) -> None:
+def describe(experiment_file: str, model_name: str, dataset: str, scale: dict) -> dict:
+    """The description of model ``model_name`` of an experiment file (:func:`flowrepro.config.model_identity`
+    plus its plugin files): what the workflow passes as ``--model-spec``, for a run by hand."""
+    from flowrepro.config import model_identity, model_plugins
+
+    experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
+    if model_name not in experiment["models"]:
+        raise KeyError(f"{experiment_file}: no model {model_name!r} under models; known: {sorted(experiment['models'])}")
+    return model_identity(experiment, model_name, dataset, scale) | {"plugin_files": model_plugins(experiment, model_name)}
+
+
+def run_from_experiment(experiment_file: str, scale_file: str, dataset: str, model_name: str, data_file: str, out: str,
+                        pairs_file: str | None = None, init_files: list[str] | str | None = None, progress: bool = True,
+                        seed: int | None = None) -> None:
+    """Train model ``model_name`` of an experiment file (by hand; the workflow passes :func:`describe`'s JSON)."""
+    description = describe(experiment_file, model_name, dataset, load_scale(scale_file))
+    run(description, scale_file, data_file, out, pairs_file, init_files, progress=progress, seed=seed, name=model_name)
+
+
+def load_model_plugins(plugins: list[dict], source: str) -> None:
+    """Import the plugin files a model's pieces come from, each checked against the sha256 it was keyed
+    (or trained) with: an edited plugin is a different model, never silently the same one."""
+    from flowrepro.config import file_sha256
+    from flowrepro.registry import load_plugins
+
+    for plugin in plugins:
+        if not Path(plugin["file"]).is_file():
+            raise FileNotFoundError(f"{source}: plugin file {plugin['file']} is missing")
+        actual = file_sha256(plugin["file"])
+        if actual != plugin["sha256"]:
+            raise ValueError(f"{source}: plugin {plugin['file']} has sha256 {actual}, the model was defined with "
+                             f"{plugin['sha256']}; the plugin changed since (rerun the workflow: its key changed too)")
+        load_plugins([plugin["file"]], listed_by=source)
+
+
+def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file: str | None = None,
+        init_files: list[str] | str | None = None, progress: bool = True, seed: int | None = None,
+        name: str | None = None) -> None:
+    """Train the model ``description`` names (:func:`describe`; the workflow passes it as JSON, so
+    the job is the same whichever experiment lists the model) on ``data_file``."""
     import copy
+    import hashlib
+    import json
 
     import numpy as np
     import torch
 
-    from flowrepro.config import training_settings
+    from flowrepro import pieces
+    from flowrepro.config import flow_settings
     from flowrepro.generative import couplings, paths  # noqa: F401  (register the pieces)
     from flowrepro.generative.data_views import PairsOnDisk, RandomHorizontalFlip
     from flowrepro.generative.objectives import build_objective
     from flowrepro.generative.paths import build_path
     from flowrepro.generative.training import train_flow
-    from flowrepro.registry import COUPLINGS, LOSSES, load_plugins
 
     scale = load_scale(scale_file)
-    experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
-    load_plugins(experiment.get("plugins", []))
-    if model_name not in experiment["models"]:
-        raise KeyError(f"{experiment_file}: no model {model_name!r} under models; known: {sorted(experiment['models'])}")
+    plugins = description.get("plugin_files", [])
+    identity = {k: v for k, v in description.items() if k != "plugin_files"}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    if sorted(p["sha256"] for p in plugins) != sorted(identity.get("plugins", [])):
+        raise ValueError(f"--model-spec: plugin_files {plugins} do not match the plugins of the model ({identity.get('plugins')})")
+    load_model_plugins(plugins, f"model {key}")
+    name = name or key
+    dataset, spec = identity["dataset"], identity["spec"]
     seeds = list(scale["seeds"]) if seed is None else [int(seed)]
     if not set(seeds) <= set(scale["seeds"]):
         raise ValueError(f"--seed {seed} is not one of the scale's seeds {scale['seeds']} ({scale_file})")
-    spec = experiment["models"][model_name]
-    settings = training_settings(scale, experiment, dataset)
+    settings = flow_settings(scale, dataset) | identity.get("recipe", {})  # = training_settings of the experiment
     device = pick_device(scale.get("device", "auto"))
     config = train_config(spec, settings)
     path = build_path(spec)
-    objective = build_objective(spec, path, LOSSES.get(config.loss))
+    objective = build_objective(spec, path, pieces.build("loss", config.loss))
     data = torch.as_tensor(io.load_data(data_file)["train"], device=device)
     data = data if data.dim() == 4 else data.flatten(1)  # images keep (C, H, W) for the UNet
     shape = tuple(data.shape[1:])
-    reflow = spec.get("coupling", "independent") == "reflow"
+    reflow = pieces.name_of(spec.get("coupling", "independent")) == "reflow"
     if reflow and pairs_file is None:
-        raise ValueError(f"{experiment_file}: model {model_name!r} uses reflow pairs but no --pairs file was given")
+        raise ValueError(f"model {name!r} uses reflow pairs but no --pairs file was given")
     init = _load_seeds(init_files, device) if init_files else None
 
-    result = {"experiment": experiment["id"], "dataset": dataset, "model": model_name, "shape": shape,
-              "spec": spec, "settings": settings, "steps": config.steps, "seeds": {},
+    result = {"key": key, "dataset": dataset, "model": name, "shape": shape, "spec": spec, "settings": settings,
+              "plugins": plugins, "steps": config.steps, "seeds": {},
               "data_var": float(data.flatten(1).var(dim=0).mean())}  # tr Cov / d: what time-shift samplers match
     for seed in seeds:
         torch.manual_seed(seed)
         model = build_model(shape, settings).to(device)
         if seed == seeds[0]:
             size = sum(p.numel() for p in model.parameters())
-            print(f"train: {model_name} on {dataset}: network {settings.get('network', 'mlp')}, {size / 1e6:.3f} M parameters, "
+            print(f"train: {name} on {dataset}: network {settings.get('network', 'mlp')}, {size / 1e6:.3f} M parameters, "
                   f"{config.steps} steps of batch {config.batch_size}, {config.optimizer} lr {config.lr}")
         if init is not None:
             if seed not in init:
@@ -108,13 +150,13 @@ def run(experiment_file: str, scale_file: str, dataset: str, model_name: str, da
             seed_pairs = PairsOnDisk(pairs_file, _pairs_index(pairs_file, rows, seed, scale), device)
             coupling = lambda n, g, p=seed_pairs: couplings.reflow(p, n, g)  # noqa: E731
         else:
-            pair_up = COUPLINGS.get(spec.get("coupling", "independent"))
+            pair_up = pieces.build("coupling", spec.get("coupling", "independent"))
             options = {"reg": spec["coupling_reg"]} if "coupling_reg" in spec else {}  # e.g. minibatch_sinkhorn's
             source = RandomHorizontalFlip(data, seed) if settings.get("hflip") and data.dim() == 4 else data
             coupling = lambda n, g, f=pair_up, o=options, d=source: f(d, n, g, **o)  # noqa: E731
         checkpoint = Path(f"{out}.seed{seed}.ckpt")
         start = time.perf_counter()
-        history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{experiment['id']}/{dataset}/{model_name}/seed{seed}",
+        history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{dataset}/{name}/seed{seed}",
                              checkpoint=checkpoint, device=device, progress=progress, objective=objective,
                              ema_model=ema_model)
         result["seeds"][seed] = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -140,7 +182,7 @@ def _load_infos(model_files: list[str] | str, device: str) -> list[dict]:
     files = [model_files] if isinstance(model_files, (str, Path)) else list(model_files)
     infos = [io.load_model_file(f, device) for f in files]
     for name, info in zip(files[1:], infos[1:]):
-        if (info["dataset"], info["model"], info["spec"]) != (infos[0]["dataset"], infos[0]["model"], infos[0]["spec"]):
+        if (info["dataset"], info["spec"]) != (infos[0]["dataset"], infos[0]["spec"]):
             raise ValueError(f"{name}: a different model from {files[0]}; per-seed files must be one model's")
     return infos
 
@@ -156,6 +198,7 @@ def load_models(model_files: list[str] | str, device: str = "cpu"):
 
     infos = _load_infos(model_files, device)
     info = dict(infos[0], seeds={seed: entry for i in infos for seed, entry in i["seeds"].items()})
+    load_model_plugins(info.get("plugins", []), str(model_files))  # its path (or other piece) may be a plugin's
     spec = info.get("spec", {})
     path = build_path(spec)
     wrapper = AsVelocity if spec.get("prediction") == "epsilon" else VelocityModel
