@@ -7,8 +7,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from flowrepro.config import (IMAGE_DATASETS, bind_roles, check_dataset_sizes, experiment_plugin_files, flow_settings,
-                              load_experiment, model_identity, model_key, model_plugins, sampling_plugin_files,
+from flowrepro.config import (IMAGE_DATASETS, benchmark_seeds, bind_roles, check_dataset_sizes, experiment_plugin_files, flow_settings,
+                              load_experiment, model_identity, model_key, model_plugins, RUN_SETTINGS, sampling_plugin_files,
                               shared_models, training_settings, workflow_scale)
 from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 

@@ -56,6 +56,7 @@ def write_inputs(root: Path, counts: list[int], network: str, device: str, batch
     (root / "memory.yaml").write_text(yaml.safe_dump(experiment))
     base = yaml.safe_load((REPO / "config/scales/smoke.yaml").read_text())
     base.update(seeds=[0], device=device)
+    base.pop("fid_inception")  # the memory of sampling and of the classifier metrics; Inception needs acquired weights
     base["flow_images"].update(network=network, overrides={"steps": 1, "batch_size": 4, "warmup": 0},
                                sample_batch=batch, trajectory_steps=2, trajectory_samples=64, w2_points=min(counts))
     for n in counts:

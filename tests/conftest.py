@@ -49,3 +49,26 @@ def tiny_scale(tmp_path):
 @pytest.fixture(autouse=True)
 def _threads():
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def registries_restored():
+    """Registries as they were after the test: loading examples or edited plugin copies registers their pieces
+    (caf, ab3), and later tests must see the built-ins only."""
+    import importlib
+    import sys
+
+    from flowrepro import registry
+    from flowrepro.stages.listing import BUILTIN_MODULES
+
+    for module in BUILTIN_MODULES:  # built-ins register once per process: before the snapshot
+        importlib.import_module(module)
+    tables = [t for t in vars(registry).values() if isinstance(t, registry.Registry)]
+    saved = [(dict(t._items), dict(t._sources)) for t in tables]
+    modules = set(sys.modules)
+    yield
+    for table, (items, sources) in zip(tables, saved):
+        table._items, table._sources = items, sources
+    for name in set(sys.modules) - modules:  # a plugin module loads (and registers) again next time
+        if name.startswith("flowrepro_plugin_"):
+            del sys.modules[name]

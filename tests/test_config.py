@@ -4,6 +4,7 @@ import subprocess
 import pytest
 import yaml
 
+from conftest import REPO
 from flowrepro.config import ConfigError, load_experiment, load_scale
 
 
@@ -78,3 +79,23 @@ def test_an_ema_decay_the_scale_gives_anyway_shares_the_model():
     assert model_key(plain, "m", "digits") != model_key(explicit, "m", "digits")
     owners = shared_models({"a": plain, "b": explicit}, scale)
     assert sorted((o["experiment"], o["dataset"]) for o in owners.values()) == [("a", "digits"), ("a", "moons"), ("b", "moons")]
+
+
+def test_min_seeds_extends_the_scales_seeds_for_cheap_benchmarks():
+    from flowrepro.config import benchmark_seeds
+
+    scale = {"seeds": [0, 1, 2]}
+    assert benchmark_seeds({"kind": "sampler"}, scale) == [0, 1, 2]
+    assert benchmark_seeds({"kind": "sampler", "min_seeds": 5}, scale) == [0, 1, 2, 3, 4]
+    assert benchmark_seeds({"kind": "sampler", "min_seeds": 2}, scale) == [0, 1, 2]  # never fewer than the scale's
+    assert benchmark_seeds({"min_seeds": 3}, {"seeds": [5, 9]}) == [5, 9, 10]
+
+
+def test_a_paper_number_whose_metric_does_not_parse_fails_when_the_experiment_loads(tmp_path):
+    data = yaml.safe_load((REPO / "config/experiments/score_sde.yaml").read_text())
+    name = next(k for k, v in data["paper_numbers"].items() if v["metric"])
+    data["paper_numbers"][name]["metric"] = "fid_inception[method=vp_eps"
+    bad = tmp_path / "score_sde.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=f"paper_numbers/{name}/metric"):
+        load_experiment(bad)

@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_workflow, shrink_scale
+from fake_weights import sha256_file, write_inception_format
 from flowrepro import cache
+from flowrepro.data import weights
+from flowrepro.data.weights import FID_INCEPTION_FILE
 
 EXPERIMENT = "rectified_flow"
 JOBS_OF_EXPERIMENT = {"train", "reflow_pairs", "sample", "evaluate", "claims", "plot"}
@@ -62,6 +65,10 @@ def published(tmp_path_factory):
     sh(*GIT, "commit", "-qm", "workflow", cwd=origin)
 
     sh("snakemake", "--cores", "2", cwd=origin)
+    # acquired weights are data too (small/paper acquire them): published in data.dvc with the datasets
+    source = write_inception_format(base / "source" / FID_INCEPTION_FILE)
+    weights.acquire("fid_inception", origin / "data/weights/fid_inception", mirror=str(source.parent),
+                    digests={FID_INCEPTION_FILE: sha256_file(source)})
     pointers = cache.push(root=origin)
     assert pointers == ["data.dvc", f"results/{EXPERIMENT}.dvc", "results/models.dvc", "results/classifiers.dvc",
                         "results/report.md.dvc", "results/report.html.dvc"]
@@ -102,7 +109,8 @@ def test_pull_in_fresh_clone_needs_no_recompute_and_is_identical(published):
     assert planned_jobs(clone) == {}
 
     for name in ("results/report.md", "results/report.html", f"results/{EXPERIMENT}/metrics.csv",
-                 f"results/{EXPERIMENT}/claims.csv", "data/moons.npz"):
+                 f"results/{EXPERIMENT}/claims.csv", "data/moons.npz", f"data/weights/fid_inception/{FID_INCEPTION_FILE}",
+                 "data/weights/fid_inception/fid_inception.sha256"):
         assert filecmp.cmp(origin / name, clone / name, shallow=False), name
     figures = sorted(p.name for p in (origin / f"results/{EXPERIMENT}/figures").iterdir())
     assert any(f.endswith(".png") for f in figures)
@@ -110,12 +118,13 @@ def test_pull_in_fresh_clone_needs_no_recompute_and_is_identical(published):
                                                clone / f"results/{EXPERIMENT}/figures", figures, shallow=False)
     assert sorted(match) == figures and not mismatch and not errors
 
-    # Editing the experiment's config after the pull reruns exactly what depends on it.
+    # Editing the experiment's config after the pull reruns exactly what depends on it: not the trainings,
+    # whose jobs take their model as JSON, independent of the file that lists it.
     time.sleep(0.05)
     config = clone / f"config/experiments/{EXPERIMENT}.yaml"
     config.write_text(config.read_text() + "\n")
     jobs = planned_jobs(clone)
-    assert set(jobs) == JOBS_OF_EXPERIMENT | {"report", "all"}, jobs
+    assert set(jobs) == JOBS_OF_EXPERIMENT - {"train", "reflow_pairs"} | {"report", "all"}, jobs
     assert "acquire" not in jobs
 
 
@@ -137,6 +146,13 @@ def test_pull_data_only_recomputes_the_experiment_but_not_acquire(published):
     assert (clone / "data/moons.npz").exists() and not (clone / "results" / EXPERIMENT).exists()
     jobs = planned_jobs(clone)
     assert set(jobs) == JOBS_OF_EXPERIMENT | {"classifier", "report", "all"}, jobs
+    # the weights came with the data, intact, and acquiring them again needs no access to their source
+    pulled = clone / "data/weights/fid_inception" / FID_INCEPTION_FILE
+    digest = weights.read_manifest(pulled.parent)[FID_INCEPTION_FILE]
+    assert weights.read_verified(pulled) == (published["origin"] / "data/weights/fid_inception" / FID_INCEPTION_FILE).read_bytes()
+    gone = published["base"] / "no_such_mirror"  # a fetch from here would fail
+    weights.acquire("fid_inception", pulled.parent, mirror=str(gone), digests={FID_INCEPTION_FILE: digest})
+    assert not gone.exists() and weights.read_verified(pulled)
 
 
 @pytest.mark.slow
@@ -163,7 +179,8 @@ def test_corrupted_remote_file_is_detected_and_never_used(published):
     assert not (clone / ".dvc/cache/files/md5" / victim.parent.name / victim.name).exists(), oid
     workspace = [p for p in (clone / "results").rglob("*") if p.is_file()]
     assert all(p.read_bytes() != bytes(flipped) for p in workspace)
-    assert not all((clone / p).exists() for p in (f"results/{EXPERIMENT}", *cache.SHARED))  # the pull stopped short
+    published_shared = [p for p in cache.SHARED if (clone / cache.dvc_file(p)).exists()]
+    assert not all((clone / p).exists() for p in (f"results/{EXPERIMENT}", *published_shared))  # the pull stopped short
     # ... so Snakemake recomputes that experiment (the intact data was pulled and is kept).
     jobs = planned_jobs(clone)
     # (which jobs depends on where the corrupted object was: a model, a classifier or a sample file)
@@ -179,4 +196,6 @@ def test_cache_cli_parser():
     args = parser.parse_args(["cache", "push", "--no-check"])
     assert (args.experiments, args.remote, args.report, args.check) == ([], None, None, False)
     assert cache.tracked_paths(["a", "b"], report=False) == ["data", "results/a", "results/b"]
+    assert cache.tracked_paths(["a"], report=False, shared=lambda p: True) == [
+        "data", "results/a", "results/models", "results/classifiers", "results/fid_reference"]
     assert cache.dvc_file("results/a") == "results/a.dvc"

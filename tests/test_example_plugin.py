@@ -4,16 +4,12 @@ These tests load the plugin the way the stages do (a file path relative to the e
 and check the solver itself; tests/test_example_path.py runs it through Snakemake from a copy of
 the repository, beside the path example, exactly as the README's "Add your own method" says.
 """
-import os
-import shutil
-import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from conftest import REPO, copy_workflow
+from conftest import REPO
 from flowrepro.config import load_experiment
 from flowrepro.registry import SAMPLERS, load_plugins
 

@@ -162,21 +162,6 @@ def test_flowrepro_runs_as_a_module_without_path(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _restore_registries():
-    """Each test sees the registries as they were: tests load edited copies of one plugin."""
-    import importlib
-
-    from flowrepro import registry
-    from flowrepro.stages.listing import BUILTIN_MODULES
-
-    for module in BUILTIN_MODULES:  # built-ins register once per process: before the snapshot
-        importlib.import_module(module)
-    tables = [t for t in vars(registry).values() if isinstance(t, registry.Registry)]
-    saved = [(dict(t._items), dict(t._sources)) for t in tables]
-    modules = set(sys.modules)
+def _restore_registries(registries_restored):
+    """Every test here loads plugin copies: each starts and ends with the built-ins only."""
     yield
-    for table, (items, sources) in zip(tables, saved):
-        table._items, table._sources = items, sources
-    for name in set(sys.modules) - modules:  # plugins loaded here load (and register) again next time
-        if name.startswith("flowrepro_plugin_"):
-            del sys.modules[name]

@@ -235,3 +235,20 @@ def test_trajectory_and_batch_scaling_figures(tiny_run):
     assert {Path(p).name for p in written} == {"trajectories_rosenbrock.png", "lr_vs_batch.png"}
     for png in written:
         assert Path(png).stat().st_size > 0 and Path(png).with_suffix(".pdf").exists()
+
+
+def test_diffgrad_oscillation_metrics_count_crossings_and_amplitude():
+    """osc_crossings counts sign changes of x - x* in the last steps, osc_amplitude their largest |x - x*|."""
+    import torch
+
+    from flowrepro.optim import problems  # noqa: F401  (registers the problems)
+    from flowrepro.registry import PROBLEMS
+
+    problem = PROBLEMS.get("diffgrad_f3")(seed=0)
+    x = problem.params[0]
+    for t, value in enumerate([0.3, -0.2, 0.1, -0.05, 0.02]):  # x* = 0 for F3: 4 crossings, amplitude 0.3
+        with torch.no_grad():
+            x.fill_(value)
+        problem.after_step(t)
+    summary = problem.summary()
+    assert summary["osc_crossings"] == 4 and summary["osc_amplitude"] == pytest.approx(0.3, abs=1e-6)

@@ -91,6 +91,41 @@ def test_time_shift_with_zero_window_is_ddim(gmm2d, noise):
     assert float((a - b).abs().max()) < 1e-5
 
 
+def test_time_shift_follows_the_official_rule(gmm2d, noise):
+    """TS-DPM's rule: the model sees only the nominal DDIM levels, each sample lands on the step
+    whose noise variance 1 - alphabar is nearest its own variance, and nothing shifts below the cutoff."""
+    import math
+
+    import torch
+
+    from flowrepro.samplers.diffusion import training_alphas_cumprod
+    from flowrepro.samplers.time_shift import ddim_time_shift, shifted_landing
+
+    _, exact = gmm2d
+    seen = {"ddim": [], "ts": []}
+
+    def recording(name):
+        def eps(x, s):
+            seen[name].append(round(float(s), 9))
+            return exact.eps(x, s)
+        return eps
+
+    plain, _ = ddim_time_shift(recording("ddim"), noise, 10, window=0)
+    shifted, _ = ddim_time_shift(recording("ts"), noise, 10, window=30, cutoff=300)
+    assert seen["ts"] == seen["ddim"]  # the network is evaluated at the nominal times only
+    assert float((plain - shifted).abs().max()) > 1e-3  # and yet the landing times moved
+    same, _ = ddim_time_shift(exact.eps, noise, 10, window=30, cutoff=999)  # cutoff above every step: DDIM
+    assert float((plain - same).abs().max()) < 1e-6
+
+    noise_var = 1.0 - training_alphas_cumprod()
+    x = torch.stack([torch.full((64,), 0.0), torch.randn(64, generator=torch.Generator().manual_seed(0)) * math.sqrt(noise_var[500])])
+    landing = shifted_landing(x, 500, 30, noise_var)
+    assert int(landing[0]) == 485  # zero variance: the least noisy step of the window [485, 515]
+    variance = float(x[1].var())
+    best = min(range(485, 516), key=lambda k: abs(noise_var[k] - variance))
+    assert int(landing[1]) == best  # each sample its own step
+
+
 def test_nfe_counts_are_real_calls(gmm2d, noise):
     _, exact = gmm2d
     model = NFECounter(exact.eps)

@@ -44,7 +44,8 @@ def test_sde_corrects_a_velocity_error_the_ode_keeps():
     assert w2_sde < w2_ode
 
 
-def test_predictor_corrector_samples_a_gaussian_from_its_exact_noise_prediction():
+@pytest.mark.parametrize("sampler,calls_per_step", [(sde.predictor_corrector, 2), (sde.reverse_sde_euler_maruyama, 1)])
+def test_reverse_sde_samplers_sample_a_gaussian_from_its_exact_noise_prediction(sampler, calls_per_step):
     m, s, path = 1.5, 0.5, VPPath()
 
     def epsilon(x, t):  # E[x0 | x_t = x] for data N(m, s^2)
@@ -53,8 +54,8 @@ def test_predictor_corrector_samples_a_gaussian_from_its_exact_noise_prediction(
 
     counter = NFECounter(AsVelocity(epsilon, path))
     x0 = torch.randn(4000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    x = sde.predictor_corrector(counter, x0, np.linspace(0, 1, 201))
-    assert counter.calls == 2 * 200
+    x = sampler(counter, x0, np.linspace(0, 1, 201))
+    assert counter.calls == calls_per_step * 200 == sampler.calls_per_step * 200
     assert x.mean().item() == pytest.approx(m, abs=0.05)
     assert x.std().item() == pytest.approx(s, rel=0.08)
 

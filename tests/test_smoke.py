@@ -1,6 +1,8 @@
 """The smoke scale: the paper-scale DAG (CIFAR-10 as the images role, the papers' networks and recipes,
-one job per seed) from acquire to report on a CPU, on generated CIFAR-10- and MNIST-format archives
-served from a local HTTP server through the real acquire code and its checksums."""
+one job per seed) from acquire to report on a CPU, on generated CIFAR-10- and MNIST-format archives and a
+generated full-size FID-Inception weights file, served from a local HTTP server through the real acquire
+code and its checksums."""
+import json
 import re
 import subprocess
 
@@ -10,16 +12,20 @@ import pytest
 import yaml
 
 from fake_archives import serve_directory, write_cifar10_archive, write_mnist_archives
+from fake_weights import random_inception_in
+from flowrepro.data.weights import FID_INCEPTION_FILE
 
 
 @pytest.mark.slow
-def test_smoke_scale_runs_the_paper_dag_end_to_end(workflow_copy, capsys):
+def test_smoke_scale_runs_the_paper_dag_end_to_end(workflow_copy, capsys, tmp_path_factory):
     www = workflow_copy / "www"
     digests = write_cifar10_archive(www, n_train=40, n_test=20, seed=0) | write_mnist_archives(www, 30, 20, seed=0)
+    _, inception_sha256 = random_inception_in(www, tmp_path_factory)  # random weights, the real format and size
+    digests[FID_INCEPTION_FILE] = inception_sha256
     scale_file = workflow_copy / "config/scales/smoke.yaml"
     scale = yaml.safe_load(scale_file.read_text())
     with serve_directory(www) as url:
-        scale["downloads"] = {"mirror": url, "digests": digests}
+        scale["downloads"] |= {"mirror": url, "digests": digests}  # keeps its weights: [fid_inception]
         scale_file.write_text(yaml.safe_dump(scale, sort_keys=False))
         run = subprocess.run(["snakemake", "all", "data/mnist.npz", "--cores", "2", "--configfile", "config/scales/smoke.yaml",
                               "--config", "experiments=[rectified_flow]"],
@@ -34,6 +40,16 @@ def test_smoke_scale_runs_the_paper_dag_end_to_end(workflow_copy, capsys):
     images = metrics[metrics["dataset"] == "cifar10"]
     assert set(images["seed"]) == {0, 1}
     assert (images["metric"] == "fid_classifier").any() and images["value"].notna().all()
+    # the papers' FID beside the classifier's: one fid_inception row for every fid_classifier row, all finite
+    inception, classifier = (images[images["metric"] == m].drop(columns=["metric", "value", "wall_s"]).astype(str)
+                             for m in ("fid_inception", "fid_classifier"))
+    assert len(inception) > 0 and inception.to_dict("records") == classifier.to_dict("records")
+    fid = images[images["metric"] == "fid_inception"]
+    assert np.isfinite(fid["value"]).all() and (fid["value"] > 0).all()
+    reference = results / f"fid_reference/cifar10.{inception_sha256[:8]}.npz"  # named by the weights it used
+    assert reference.exists() and (workflow_copy / "data/weights/fid_inception/fid_inception.sha256").exists()
+    provenance = json.loads((results / "rectified_flow/provenance.json").read_text())
+    assert inception_sha256 in json.dumps(provenance) and "40 training images" in json.dumps(provenance)
     claims = pd.read_csv(results / "rectified_flow/claims.csv")
     assert set(claims[claims["claim_id"].str.endswith("_images")]["status"]) <= {"pass", "fail", "inconclusive"}  # evaluated on cifar10 rows
     assert "rectified_flow" in (results / "report.html").read_text()
@@ -43,6 +59,13 @@ def test_smoke_scale_runs_the_paper_dag_end_to_end(workflow_copy, capsys):
     assert len(list((results / "models/cifar10").glob("*.seed[01].pairs.npy"))) == 4  # rf1's and rf2's, per seed
     logs = "\n".join(p.read_text() for p in (workflow_copy / "logs/train/cifar10").glob("*.log"))
     counts = sorted(set(re.findall(r"network (.+), ([0-9.]+) M parameters", logs)))
+    benchmarks = {rule: pd.read_csv(workflow_copy / path, sep="\t")["s"].sum() for rule, path in (
+        ("acquire_weights", "logs/benchmarks/acquire_weights/fid_inception.tsv"),
+        ("fid_reference", f"logs/benchmarks/fid_reference/cifar10.{inception_sha256[:8]}.tsv"),
+        ("evaluate", "logs/benchmarks/evaluate/rectified_flow.tsv"))}
+    table = fid.groupby(["method", "nfe"])["value"].agg(["mean", "std"]).round(3)
     with capsys.disabled():
         print("\nsmoke scale networks:", "; ".join(f"{net}: {m} M" for net, m in counts))
+        print("smoke job times (s):", ", ".join(f"{rule} {s:.1f}" for rule, s in benchmarks.items()))
+        print(f"smoke fid_inception (random Inception weights, {len(fid)} rows, mean/std over 2 seeds):\n{table}")
     assert counts and all(float(m) == pytest.approx(35.75, rel=0.01) for _, m in counts)

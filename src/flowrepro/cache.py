@@ -2,10 +2,13 @@
 
 Layout (one ``.dvc`` pointer per unit that can be pulled alone, committed to git):
 
-    data.dvc                     data/                  (every dataset + its .sha256)
+    data.dvc                     data/                  (everything acquired: every dataset + its .sha256, the
+                                                         downloaded archives, pretrained weights + their manifests
+                                                         under data/weights/; a pull needs no access to the sources)
     results/<experiment>.dvc     results/<experiment>/  (samples, metrics, claims, figures)
     results/models.dvc           results/models/        (trained models and reflow pairs, shared by experiments)
     results/classifiers.dvc      results/classifiers/   (FID classifiers and their reference statistics)
+    results/fid_reference.dvc    results/fid_reference/ (Inception statistics of the training sets, small and paper)
     results/report.md.dvc        results/report.md
     results/report.html.dvc      results/report.html
 
@@ -35,8 +38,9 @@ from typing import Iterable, Sequence
 DATA = "data"
 RESULTS = "results"
 REPORT = ("results/report.md", "results/report.html")
-#: Outputs shared by experiments (trained models, FID classifiers): pushed and pulled with any of them.
-SHARED = ("results/models", "results/classifiers")
+#: Outputs shared by experiments (trained models, FID classifiers, Inception reference statistics): pushed and
+#: pulled with any of them, where they exist.
+SHARED = ("results/models", "results/classifiers", "results/fid_reference")
 
 
 class CacheError(RuntimeError):

@@ -196,6 +196,16 @@ def parse_claim(text: str):
     return Parser(text).parse()
 
 
+def parse_expression(text: str):
+    """Parse one side of a claim (``sum`` in the grammar: refs, numbers, arithmetic, functions), e.g. a
+    paper number's ``metric``; a comparison or anything else outside the grammar is a :class:`ClaimSyntaxError`."""
+    parser = Parser(text)
+    node = parser.sum()
+    if parser.peek() is not None:
+        raise ClaimSyntaxError(f"unexpected {parser.peek()[1]!r} after a complete expression in {text!r}")
+    return node
+
+
 def _matches(cell: Any, wanted: str) -> bool:
     try:
         return float(cell) == float(wanted)
@@ -264,6 +274,18 @@ def refs_of(node) -> list[Ref]:
     return [r for child in node[1:] if isinstance(child, tuple) for r in refs_of(child)]
 
 
+def paired_values(nodes: list, table, roles: dict[str, str] | None = None) -> list[list[float]]:
+    """Each expression of ``nodes`` evaluated on every seed that all their refs share, paired on the seed
+    (a single-row ref stands for every seed; refs of single rows only give one value). Call :func:`select`
+    on the refs first: it raises :class:`MissingRows` and names an ambiguous ref."""
+    values = {str(ref): _per_seed(table, ref, roles) for node in nodes for ref in refs_of(node)}
+    seed_sets = [set(v) for v in values.values() if None not in v]
+    seeds = sorted(set.intersection(*seed_sets), key=str) if seed_sets else [None]
+    if not seeds:
+        raise ValueError("its sides share no seed, so they cannot be paired")
+    return [[_evaluate_seed(node, values, s) for s in seeds] for node in nodes]
+
+
 def check_claim(expr: str, table, roles: dict[str, str] | None = None, confidence: float | None = None,
                 seeds_needed: int | None = None) -> dict[str, Any]:
     """Evaluate one claim: status, observed (left sides) and threshold (right sides) as means over seeds,
@@ -283,13 +305,10 @@ def check_claim(expr: str, table, roles: dict[str, str] | None = None, confidenc
     results = [(op, _evaluate_seed(l, means, None), _evaluate_seed(r, means, None)) for op, l, r in comparisons]
     decided = []
     for op, left, right in comparisons:
-        values = {str(ref): _per_seed(table, ref, roles) for ref in refs_of(left) + refs_of(right)}
-        seed_sets = [set(v) for v in values.values() if None not in v]
-        seeds = sorted(set.intersection(*seed_sets), key=str) if seed_sets else [None]
-        if not seeds:
-            raise ValueError(f"{expr!r}: its sides share no seed, so they cannot be paired")
-        lefts = [_evaluate_seed(left, values, s) for s in seeds]
-        rights = [_evaluate_seed(right, values, s) for s in seeds]
+        try:
+            lefts, rights = paired_values([left, right], table, roles)
+        except ValueError as error:
+            raise ValueError(f"{expr!r}: {error}") from None
         verdict = verdicts.decide(op, verdicts.margins(op, lefts, rights), confidence or verdicts.CONFIDENCE)
         if seeds_needed and verdict.n < seeds_needed and verdict.status != "inconclusive":
             verdict = verdicts.Verdict("inconclusive", verdict.margin, verdict.half_width, verdict.agree, verdict.n)

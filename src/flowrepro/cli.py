@@ -16,6 +16,7 @@ STAGES = """stages, in workflow order:
   evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
   classifier     train an image dataset's FID classifier -> results/classifiers/<dataset>.pt (+ .stats.npz)
   fid            FID of sample files, by the classifier's cached statistics or a local Inception weights file
+  fid-reference  Inception statistics of an image dataset's training set -> results/fid_reference/<dataset>.<sha8>.npz
   benchmark      a sampler or optimizer experiment, whole grid in one job -> metrics.csv
   claims         check the experiment's claims on its metrics -> claims.csv
   plot           figures -> results/<experiment>/figures/*.png|pdf
@@ -38,9 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--scale", required=True, help="config/scales/<scale>.yaml")
         return p
 
-    p = stage("acquire", "make or download one dataset", experiment=False, scale=False)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True)
+    p = stage("acquire", "make or download one dataset, or download one set of pretrained weights",
+              experiment=False, scale=False)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dataset")
+    what.add_argument("--weights", metavar="NAME", help="a set of pretrained weights (fid_inception, "
+                      "ddpm_cifar10_pretrained) -> data/weights/<name>/ + <name>.sha256; see flowrepro.data.weights")
+    p.add_argument("--out", default=None, help="--dataset: data/<name>.npz (required); --weights: the folder "
+                                               "(default data/weights/<name>)")
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-test", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base URL (http(s):// or file://) or local directory to download from instead of the default mirror")
     p.add_argument("--digest", action="append", default=None, metavar="FILENAME=HEX",
                    help="replace a file's published digest (md5: 32 hex, sha256: 64 hex), e.g. for a local "
-                        "stand-in archive; repeatable")
+                        "stand-in archive; for weights a sha256, required for files without a pinned one; repeatable")
 
     p = stage("train", "train one model of a flow experiment (all seeds, or one with --seed)", experiment=False)
     p.add_argument("--model-spec", default=None,
@@ -78,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="+", required=True, help="npz files; every (n, C, H, W) array is scored")
     p.add_argument("--classifier", default=None, help="results/classifiers/<dataset>.pt (its .stats.npz is the reference)")
     p.add_argument("--inception-weights", default=None, help="a local FID-Inception state dict (nothing is downloaded)")
-    p.add_argument("--reference", default=None, help="data/<dataset>.npz whose test split is the Inception reference")
+    p.add_argument("--reference", default=None, help="data/<dataset>.npz whose train split is the Inception reference")
+    p.add_argument("--reference-stats", default=None,
+                   help="an npz with the reference's mu and sigma instead (e.g. results/fid_reference/<dataset>.<sha8>.npz)")
+
+    p = stage("fid-reference", "Inception statistics (mu, sigma) of an image dataset's training set",
+              experiment=False, scale=False)
+    p.add_argument("--data", required=True, help="data/<dataset>.npz (its train split)")
+    p.add_argument("--inception-weights", required=True, help="acquired weights (data/weights/fid_inception/...), "
+                                                                "checked against their manifest")
+    p.add_argument("--out", required=True, help="results/fid_reference/<dataset>.<sha8>.npz (+ .sha256)")
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--device", default="auto")
 
     p = stage("classifier", "train the feature classifier of fid_classifier for one image dataset",
               experiment=False, scale=False)
@@ -91,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--classifiers", nargs="*", default=[], help="results/classifiers/<dataset>.pt for image datasets")
+    p.add_argument("--fid-references", nargs="*", default=[],
+                   help="results/fid_reference/<dataset>.<sha8>.npz for image datasets (scales with fid_inception)")
+    p.add_argument("--inception-weights", default=None, help="the acquired FID Inception weights (scales with fid_inception)")
     p.add_argument("--out", required=True)
 
     p = stage("benchmark", "run a sampler or optimizer experiment's whole grid")
@@ -130,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             digests = acquire.parse_digests(args.digest)
-            acquire.run(args.dataset, args.out, args.n_train, args.n_test, args.seed, args.download_dir, args.mirror,
-                        digests)
+            if args.weights:
+                acquire.run_weights(args.weights, args.out, args.mirror, digests)
+            elif args.out is None:
+                raise SystemExit("acquire: --dataset needs --out data/<name>.npz")
+            else:
+                acquire.run(args.dataset, args.out, args.n_train, args.n_test, args.seed, args.download_dir,
+                            args.mirror, digests)
         except DigestError as error:
             # A mistyped --digest is a usage error: a message, not a traceback.
             raise SystemExit(f"acquire: {error}") from error
@@ -164,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "fid":
         from flowrepro.stages import fid
 
-        fid.run(args.samples, args.classifier, args.inception_weights, args.reference)
+        fid.run(args.samples, args.classifier, args.inception_weights, args.reference, args.reference_stats)
+    elif args.stage == "fid-reference":
+        from flowrepro.stages import fid_reference
+
+        fid_reference.run(args.data, args.inception_weights, args.out, args.batch_size, args.device)
     elif args.stage == "classifier":
         from flowrepro.stages import classifier
 
@@ -172,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "evaluate":
         from flowrepro.stages import evaluate
 
-        evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out, args.classifiers)
+        evaluate.run(args.experiment, args.scale, args.data, args.samples, args.out, args.classifiers,
+                     args.fid_references, args.inception_weights)
     elif args.stage == "benchmark":
         from flowrepro.stages import benchmark
 

@@ -62,6 +62,7 @@ def load_experiment(path: str | Path) -> dict:
 
         experiment["plugins"] = [str(Path(path).parent / p) if is_plugin_file(p) and not Path(p).is_absolute() else p
                                  for p in experiment["plugins"]]
+    _check_paper_number_metrics(experiment, path)
     if experiment["kind"] != "flow":  # models, sampling and recipes are flow keys; the runners check their own
         return experiment
     if "recipes_from" in experiment:
@@ -83,6 +84,18 @@ def load_experiment(path: str | Path) -> dict:
         if spec.get("coupling") == "reflow" and "pairs_from" not in spec:  # reflow takes no options
             raise ConfigError(f"{path}: models/{name}: coupling reflow needs pairs_from")
     return experiment
+
+
+def _check_paper_number_metrics(experiment: dict, path: str | Path) -> None:
+    """Each ``paper_numbers`` entry's ``metric`` parses in the claims grammar (checked before any job runs)."""
+    from flowrepro.claims import ClaimSyntaxError, parse_expression
+
+    for name, entry in experiment.get("paper_numbers", {}).items():
+        if entry.get("metric") is not None:
+            try:
+                parse_expression(entry["metric"])
+            except ClaimSyntaxError as error:
+                raise ConfigError(f"{path}: paper_numbers/{name}/metric: {error}") from None
 
 
 def _check_piece_names(experiment: dict, path: str | Path) -> None:
@@ -206,6 +219,17 @@ def check_dataset_sizes(scale: dict, datasets, source: str | Path) -> None:
                               f"test images of {dataset}; set w2_points")
 
 
+def benchmark_seeds(experiment: dict, scale: dict) -> list[int]:
+    """The seeds a sampler or optimizer experiment runs: the scale's, extended with the next integers
+    up to the experiment's ``min_seeds`` (cheap experiments run more seeds to decide their claims)."""
+    seeds = list(scale["seeds"])
+    following = max(seeds) + 1 if seeds else 0
+    while len(seeds) < int(experiment.get("min_seeds", 0)):
+        seeds.append(following)
+        following += 1
+    return seeds
+
+
 def roles(scale: dict) -> dict[str, str]:
     """role -> dataset at this scale (e.g. images -> cifar10); 2-D harness names map to themselves."""
     return dict(scale.get("roles", {}))
@@ -263,7 +287,12 @@ def training_settings(scale: dict, experiment: dict, dataset: str) -> dict:
 def recipe_changes(scale: dict, experiment: dict, dataset: str) -> dict:
     """The training settings in which this experiment's recipe differs from the scale's section."""
     base, settings = flow_settings(scale, dataset), training_settings(scale, experiment, dataset)
-    return {k: v for k, v in settings.items() if base.get(k) != v}
+    return {k: v for k, v in settings.items() if base.get(k) != v and k not in RUN_SETTINGS}
+
+
+#: Recipe keys that say how a training job runs, not what it trains (the global batch is the recipe's
+#: whatever the GPU count): never part of a model's key, and no reason to rerun a finished job.
+RUN_SETTINGS = ("gpus",)
 
 
 #: What a model spec means when it leaves a key out (the experiment schema's defaults).

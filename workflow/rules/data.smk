@@ -1,3 +1,4 @@
+from flowrepro.data.weights import download_flags as weights_download_flags, scale_weights
 from flowrepro.stages.acquire import download_flags
 
 
@@ -16,3 +17,19 @@ rule acquire:
     shell:
         "{FLOWREPRO} acquire --dataset {wildcards.dataset} --out {output.npz}"
         " --n-train {params.n_train} --n-test {params.n_test} {params.downloads} > {log} 2>&1"
+
+
+rule acquire_weights:
+    output:
+        manifest="data/weights/{weights}/{weights}.sha256",  # written last: every file arrived, sha256-checked
+    params:
+        downloads=lambda wildcards: weights_download_flags(SCALE, wildcards.weights),  # a local mirror and digests (CI)
+    wildcard_constraints:
+        weights=one_of(scale_weights(SCALE)),  # only the sets the scale's downloads/weights lists
+    log:
+        "logs/acquire_weights/{weights}.log",
+    benchmark:
+        "logs/benchmarks/acquire_weights/{weights}.tsv"
+    shell:
+        "{FLOWREPRO} acquire --weights {wildcards.weights} --out data/weights/{wildcards.weights} {params.downloads}"
+        " > {log} 2>&1"

@@ -1,3 +1,6 @@
+from flowrepro.stages.fid_reference import reference_file, settings as fid_inception_settings
+
+
 def flow_data(wildcards):
     e = EXPERIMENTS[wildcards.experiment]
     return [f"data/{d}.npz" for d in e["datasets"]] if e["kind"] == "flow" else []
@@ -18,6 +21,49 @@ def flow_classifiers(wildcards):
 
 def flow_experiment_settings(wildcards):
     return {d: flow_settings(SCALE, d) for d in EXPERIMENTS[wildcards.experiment]["datasets"]} | {"seeds": SEEDS}
+
+
+# fid_inception (small, paper, smoke): training-set Inception statistics per dataset, named by the weights' sha256.
+FID_INCEPTION = fid_inception_settings(SCALE, SCALE_FILE)  # None at tiny: no rows, no jobs
+
+
+def fid_inputs(wildcards):
+    """The Inception weights' manifest and each image dataset's reference statistics (none without fid_inception)."""
+    images = [d for d in EXPERIMENTS[wildcards.experiment].get("datasets", []) if d in IMAGE_DATASETS]
+    if FID_INCEPTION is None or not images:
+        return []
+    return [FID_INCEPTION["manifest"]] + [reference_file(d, FID_INCEPTION["sha256"]) for d in images]
+
+
+def fid_flags(wildcards):
+    files = fid_inputs(wildcards)
+    return f"--inception-weights {FID_INCEPTION['weights']} --fid-references {' '.join(files[1:])}" if files else ""
+
+
+rule fid_reference:
+    input:
+        data="data/{dataset}.npz",
+        weights=lambda wildcards: FID_INCEPTION["manifest"],
+    output:
+        stats="results/fid_reference/{dataset}.{sha8}.npz",
+        checksum="results/fid_reference/{dataset}.{sha8}.npz.sha256",
+    params:
+        weights=lambda wildcards: FID_INCEPTION["weights"],
+        batch=lambda wildcards: FID_INCEPTION["batch_size"],
+        device=SCALE.get("device", "auto"),
+    wildcard_constraints:
+        dataset="|".join(IMAGE_DATASETS),
+        sha8=FID_INCEPTION["sha256"][:8] if FID_INCEPTION else "(?!)",  # only the weights this scale uses
+    threads: JOB_THREADS
+    resources:
+        gpu=0 if SCALE_NAME in ("tiny", "smoke") else 1,
+    log:
+        "logs/fid_reference/{dataset}.{sha8}.log",
+    benchmark:
+        "logs/benchmarks/fid_reference/{dataset}.{sha8}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} {FLOWREPRO} fid-reference --data {input.data} --inception-weights {params.weights}"
+        " --batch-size {params.batch} --device {params.device} --out {output.stats} > {log} 2>&1"
 
 
 rule classifier:
@@ -48,8 +94,11 @@ rule evaluate:
         data=flow_data,
         samples=flow_samples,
         classifiers=flow_classifiers,
+        fid=fid_inputs,
     params:
         settings=flow_experiment_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
+        fid_inception=lambda wildcards: FID_INCEPTION,  # its settings and weights: a change re-runs the job
+        fid_flags=fid_flags,
     output:
         report(
             "results/{experiment}/metrics.csv",
@@ -59,18 +108,21 @@ rule evaluate:
     wildcard_constraints:
         experiment=one_of(FLOW),
     threads: JOB_THREADS
+    resources:
+        gpu=1 if FID_INCEPTION and SCALE_NAME not in ("tiny", "smoke") else 0,  # Inception on 50,000 samples a run
     log:
         "logs/evaluate/{experiment}.log",
     benchmark:
         "logs/benchmarks/evaluate/{experiment}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} {FLOWREPRO} evaluate --experiment {input.experiment} --scale {SCALE_FILE}"
-        " --data {input.data} --samples {input.samples} --classifiers {input.classifiers} --out {output} > {log} 2>&1"
+        " --data {input.data} --samples {input.samples} --classifiers {input.classifiers} {params.fid_flags}"
+        " --out {output} > {log} 2>&1"
 
 
 def benchmark_settings(wildcards):
     section = BENCHMARK_KINDS[EXPERIMENTS[wildcards.experiment]["kind"]][3]  # the runner's scale section
-    return {"seeds": SCALE["seeds"], **SCALE.get(section, {})}
+    return {"seeds": benchmark_seeds(EXPERIMENTS[wildcards.experiment], SCALE), **SCALE.get(section, {})}
 
 
 def benchmark_data(wildcards):

@@ -17,7 +17,8 @@ class RandomHorizontalFlip:
         import torch
 
         self.images = images
-        self.generator = torch.Generator(device="cpu").manual_seed(7_000_000 + seed)  # apart from the coupling's stream
+        # on the images' device, so drawing the flips never waits for the host; apart from the coupling's stream
+        self.generator = torch.Generator(device=images.device).manual_seed(7_000_000 + seed)
 
     @property
     def shape(self):
@@ -38,8 +39,8 @@ class RandomHorizontalFlip:
         import torch
 
         batch = self.images[index]
-        flip = torch.rand(batch.shape[0], generator=self.generator) < 0.5
-        return torch.where(flip.to(batch.device).view(-1, *([1] * (batch.dim() - 1))), batch.flip(-1), batch)
+        flip = torch.rand(batch.shape[0], generator=self.generator, device=batch.device) < 0.5
+        return torch.where(flip.view(-1, *([1] * (batch.dim() - 1))), batch.flip(-1), batch)
 
 
 class PairsOnDisk:

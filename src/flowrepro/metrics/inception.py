@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -197,10 +198,17 @@ def build_fid_inception():
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_inception(key: tuple[str, int, int], device: str):
+def _cached_inception(key: tuple[str, int, int], device: str, sha256: str | None):
+    import hashlib
+    import io
+
     import torch
 
-    state = torch.load(key[0], map_location="cpu", weights_only=True)
+    from flowrepro.data.weights import read_verified
+
+    # the bytes checked are the bytes loaded: a file swapped after the check cannot slip through
+    data = read_verified(key[0], sha256) if sha256 is not None else Path(key[0]).read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -212,19 +220,36 @@ def _cached_inception(key: tuple[str, int, int], device: str):
     except RuntimeError as error:
         raise ValueError(f"{key[0]}: not FID InceptionV3 weights (expected one of: {'; '.join(INCEPTION_WEIGHTS)})"
                          f"\n{error}") from None
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False), hashlib.sha256(data).hexdigest()
 
 
-def load_fid_inception(weights_file: str | os.PathLike, device: str = "cpu"):
+def load_fid_inception(weights_file: str | os.PathLike, device: str = "cpu", require_manifest: bool = False):
     """The FID InceptionV3 with weights from a local file, loaded once per process. Nothing is
     downloaded: pass torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` or pytorch-fid's
-    ``pt_inception-2015-12-05-6726825d.pth``."""
+    ``pt_inception-2015-12-05-6726825d.pth``.
+
+    A file acquired by ``flowrepro acquire --weights fid_inception`` is checked against the sha256
+    its manifest records before it is loaded (:func:`flowrepro.data.weights.read_verified`);
+    ``require_manifest`` (the workflow's stages) refuses a file that has no manifest.
+    """
+    return _load(weights_file, device, require_manifest)[0]
+
+
+def inception_weights_sha256(weights_file: str | os.PathLike, require_manifest: bool = False) -> str:
+    """sha256 of the weights :func:`load_fid_inception` loads from ``weights_file`` (checked as it does)."""
+    return _load(weights_file, "cpu", require_manifest)[1]
+
+
+def _load(weights_file: str | os.PathLike, device: str, require_manifest: bool):
+    from flowrepro.data.weights import recorded_sha256
+
     try:
         key = _file_key(weights_file)
     except FileNotFoundError:
         raise FileNotFoundError(f"{weights_file}: no Inception weights file there; fid_inception downloads nothing "
-                                f"(get one of: {'; '.join(INCEPTION_WEIGHTS)})") from None
-    return _cached_inception(key, str(device))
+                                f"(`flowrepro acquire --weights fid_inception`, or get one of: "
+                                f"{'; '.join(INCEPTION_WEIGHTS)})") from None
+    return _cached_inception(key, str(device), recorded_sha256(weights_file, required=require_manifest))
 
 
 def _to_uint8_rgb(images, image_shape):
@@ -243,23 +268,24 @@ def _to_uint8_rgb(images, image_shape):
 
 
 def inception_features(images, weights_file: str | os.PathLike, image_shape: tuple[int, int, int] | None = None,
-                       batch_size: int = 50, device: str = "cpu") -> np.ndarray:
+                       batch_size: int = 50, device: str = "cpu", require_manifest: bool = False) -> np.ndarray:
     """2048-d FID-Inception pool features (n, 2048), float64, of images in [-1, 1].
 
     Images: (n, C, H, W) with C in {1, 3}, or flattened with ``image_shape=(C, H, W)``. They are
     clipped and quantised to uint8, gray repeated to RGB, resized to 299x299 with TensorFlow-1
     bilinear interpolation and scaled to [-1, 1], as in the original FID and torch-fidelity
     (torchmetrics does the same with ``antialias=False``). Compute a reference set's features
-    once and pass them to :func:`fid_from_features` for every sample set.
+    once and pass them to :func:`fid_from_features` for every sample set. Converted batch by batch:
+    no whole-set copy of the images is made.
     """
     import torch
 
-    network = load_fid_inception(weights_file, device)
-    batch = _to_uint8_rgb(images, image_shape)
+    network = load_fid_inception(weights_file, device, require_manifest)
     parts = []
     with torch.no_grad():
-        for start in range(0, len(batch), batch_size):
-            parts.append(network(batch[start:start + batch_size].to(device)).double().cpu().numpy())
+        for start in range(0, len(images), batch_size):
+            batch = _to_uint8_rgb(images[start:start + batch_size], image_shape)
+            parts.append(network(batch.to(device)).double().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 2048))
 
 

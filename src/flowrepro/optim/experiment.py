@@ -298,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     experiment, scale = load_experiment(args.experiment), load_scale(args.scale)
     load_plugins(experiment.get("plugins", []))
-    settings = {"scale": scale["scale"], "seeds": scale["seeds"], **scale.get("optimizers", {})}
+    from flowrepro.config import benchmark_seeds
+
+    settings = {"scale": scale["scale"], "seeds": benchmark_seeds(experiment, scale), **scale.get("optimizers", {})}
     if not args.dry_run:
         if not args.out:
             parser.error("--out is needed without --dry-run")

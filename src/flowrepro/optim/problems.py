@@ -135,15 +135,33 @@ def _diffgrad_f(which: int, x: Any) -> Any:
 DIFFGRAD_OPTIMA = {1: -0.3, 2: None, 3: 0.0}
 
 
+#: steps at the end of a diffGrad run over which the oscillation around the minimiser is measured
+OSCILLATION_TAIL = 100
+
+
 def _diffgrad_problem(which: int, seed: int, x0: float = -1.0) -> Problem:
+    """One 1-D run; besides the gap, how x oscillates around the minimiser x* over the last
+    ``OSCILLATION_TAIL`` steps: ``osc_amplitude`` = max |x_t - x*| and ``osc_crossings`` = how many
+    times x_t - x* changes sign (the amplitude and frequency of Fig. 3's discussion)."""
     import torch
 
     x = torch.full((1,), float(x0), requires_grad=True)
     grid = torch.linspace(-1.0, 1.0, 20001)
-    f_star = _diffgrad_f(which, grid).min().item()  # global minimum on [-1, 1], by grid
+    values = _diffgrad_f(which, grid)
+    f_star, x_star = values.min().item(), grid[values.argmin()].item()  # global minimum on [-1, 1], by grid
+    tail: list[float] = []
 
     def loss(t: int) -> Any:
         return _diffgrad_f(which, x).sum()
+
+    def after_step(t: int) -> None:
+        tail.append(x.item() - x_star)
+        if len(tail) > OSCILLATION_TAIL:
+            tail.pop(0)
+
+    def oscillation() -> dict[str, float]:
+        crossings = sum(1 for a, b in zip(tail[:-1], tail[1:]) if a * b < 0)
+        return {"osc_amplitude": max((abs(d) for d in tail), default=0.0), "osc_crossings": float(crossings)}
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
@@ -152,9 +170,9 @@ def _diffgrad_problem(which: int, seed: int, x0: float = -1.0) -> Problem:
     def summary() -> dict[str, float]:
         metrics = evaluate()
         return {"final_loss": metrics["loss"], "final_x": metrics["x"],
-                "final_gap": metrics["loss"] - f_star, "loss": metrics["loss"]}
+                "final_gap": metrics["loss"] - f_star, "loss": metrics["loss"], **oscillation()}
 
-    return Problem(f"diffgrad_f{which}", [x], loss, evaluate, summary, select_metric="loss")
+    return Problem(f"diffgrad_f{which}", [x], loss, evaluate, summary, select_metric="loss", after_step=after_step)
 
 
 for _which in (1, 2, 3):

@@ -14,7 +14,8 @@ Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/clai
     samplers:               name -> options, all optional:
         nfe: [...]          overrides the NFE grid;  schedules: [...] overrides the schedules
         rtol: [...]         dopri5 tolerances (schedule column reads "rtol=<value>")
-        window: number      time-shift window (ddim_ts: training steps; euler_ts: fraction of a step)
+        window: number      time-shift window (ddim_ts: window size in training steps, official TS-DPM
+                            rule; euler_ts: fraction of a step);  cutoff: ddim_ts, no shift at or below
     metrics: [solver_error, w2, mmd]
     distribution_nfe: [...] NFE values at which w2/mmd are computed (exact W2 costs; default all)
     boss: {n_fine: 100, n_batch: 256}   BOSS estimation sizes
@@ -135,11 +136,12 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
             times = case.boss_grids[steps]
         else:
             times = SCHEDULES.get(schedule)(steps)
-        extra = {"data_var": case.data_var, **{k: v for k, v in options.items() if k == "window"}}
+        extra = {"data_var": case.data_var, **{k: v for k, v in options.items() if k in ("window", "cutoff")}}
         x = SAMPLERS.get(sampler)(model, case.noise, times, **(extra if sampler.endswith("_ts") else {}))
         return x, model.calls, case.reference(None)
     if sampler == "ddim_ts":
-        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, case.data_var, **{k: v for k, v in options.items() if k == "window"})
+        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, case.data_var,
+                                          **{k: v for k, v in options.items() if k in ("window", "cutoff")})
     elif schedule == "boss":  # Bellman-optimal training steps, handed to the scheduler as custom timesteps
         if not case.boss_grids:
             case.boss_grids.update(_boss(case, options))

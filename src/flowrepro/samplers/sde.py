@@ -15,6 +15,11 @@ s = 1 - t, beta(s) linear: a reverse-diffusion Euler-Maruyama predictor
 x <- x + [beta x / 2 + beta score] ds + sqrt(beta ds) z, preceded at each step by one Langevin
 corrector step x <- x + h score + sqrt(2 h) z, h = 2 alpha (snr |z| / |score|)^2, alpha = 1 - beta ds.
 Two network calls per step; the output is the last predictor's mean (no final noise), as in the paper.
+
+``euler_maruyama``: the same predictor with no corrector, one network call per step: the sampler
+the official VP configs run (yang-song/score_sde_pytorch configs/vp/*: ``sampling.predictor =
+'euler_maruyama'``, ``sampling.corrector = 'none'``, N = 1000; its update x <- x + [beta x / 2 +
+beta score] |ds| + sqrt(beta |ds|) z is the reverse SDE's Euler-Maruyama step, denoised at the end).
 """
 from __future__ import annotations
 
@@ -58,18 +63,19 @@ interpolant_sde.calls_per_step = 1
 interpolant_sde.stochastic = True  # takes seed=: its own noise, fixed per run
 
 
-@SAMPLERS.register("pc")
-def predictor_corrector(model, x0, times, snr: float = 0.16, seed: int = 0):
+def _reverse_vp_sde(model, x0, times, snr: float | None, seed: int):
+    """The reverse VP-SDE predictor over ``times`` (flow time), with one Langevin corrector step
+    before each predictor step when ``snr`` is given; returns the last predictor's mean."""
     import torch
 
     from flowrepro.generative.paths import VPPath
 
     path = _model_path(model)
     if not isinstance(path, VPPath):
-        raise ValueError(f"the predictor-corrector sampler needs a model trained on the vp path, not {type(path).__name__}")
+        raise ValueError(f"the reverse-SDE samplers need a model trained on the vp path, not {type(path).__name__}")
     generator = torch.Generator().manual_seed(seed)
     times = [min(float(t), 1 - path.t_eps) for t in times]
-    x = x0
+    x = mean = x0
 
     def score(x, t_now):
         t = torch.full((x.shape[0],), t_now, dtype=x.dtype, device=x.device)
@@ -79,19 +85,35 @@ def predictor_corrector(model, x0, times, snr: float = 0.16, seed: int = 0):
         for t_now, t_next in zip(times[:-1], times[1:]):
             ds = t_next - t_now
             beta = path.beta_min + (path.beta_max - path.beta_min) * (1 - t_now)
-            # corrector: one Langevin step at the current time
-            grad, z = score(x, t_now), _noise_like(x, generator)
-            alpha = 1 - beta * ds
-            step = 2 * alpha * (snr * z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()) ** 2
-            x = x + step * grad + (2 * step) ** 0.5 * z
+            if snr is not None:  # corrector: one Langevin step at the current time
+                grad, z = score(x, t_now), _noise_like(x, generator)
+                alpha = 1 - beta * ds
+                step = 2 * alpha * (snr * z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()) ** 2
+                x = x + step * grad + (2 * step) ** 0.5 * z
             # predictor: reverse-diffusion Euler-Maruyama step towards the data
             mean = x + (0.5 * beta * x + beta * score(x, t_now)) * ds
             x = mean + (beta * ds) ** 0.5 * _noise_like(x, generator)
     return mean  # the last step's mean: no noise added at the end
 
 
+@SAMPLERS.register("pc")
+def predictor_corrector(model, x0, times, snr: float = 0.16, seed: int = 0):
+    """Score SDE's predictor-corrector sampler (Alg. 2): Euler-Maruyama predictor + one Langevin corrector step."""
+    return _reverse_vp_sde(model, x0, times, snr, seed)
+
+
 predictor_corrector.calls_per_step = 2
 predictor_corrector.stochastic = True
+
+
+@SAMPLERS.register("euler_maruyama")
+def reverse_sde_euler_maruyama(model, x0, times, seed: int = 0):
+    """Score SDE's VP sampler as its official configs run it: Euler-Maruyama predictor, no corrector."""
+    return _reverse_vp_sde(model, x0, times, None, seed)
+
+
+reverse_sde_euler_maruyama.calls_per_step = 1
+reverse_sde_euler_maruyama.stochastic = True
 
 
 class PerturbedVelocity:

@@ -77,9 +77,9 @@ def boss_grids(model, batch, max_steps: int, n_fine: int = 100, substeps: int = 
     return boss_timesteps(EpsilonAtLevel(model), batch, max_steps, n_fine, substeps)
 
 
-def sample_time_shift(model, x0, steps: int, data_var: float, window: int = 20):
+def sample_time_shift(model, x0, steps: int, data_var: float, window: int = 30, cutoff: int = 300):
     """Time-shifted DDIM (:func:`flowrepro.samplers.time_shift.ddim_time_shift`) on a trained model."""
     from flowrepro.samplers.time_shift import ddim_time_shift
 
-    x, _ = ddim_time_shift(EpsilonAtLevel(model), x0, steps, data_var, window)
+    x, _ = ddim_time_shift(EpsilonAtLevel(model), x0, steps, data_var, window, cutoff)
     return x

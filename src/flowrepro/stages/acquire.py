@@ -1,4 +1,5 @@
-"""acquire: make or fetch one dataset and write ``data/<name>.npz`` plus its sha256."""
+"""acquire: make or fetch one dataset and write ``data/<name>.npz`` plus its sha256, or fetch one set of
+pretrained weights into ``data/weights/<name>/`` with its sha256 manifest (:mod:`flowrepro.data.weights`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,6 +68,16 @@ def run(dataset: str, out: str, n_train: int, n_test: int, seed: int,
     io.save_npz(out, **arrays)
     io.write_checksum(out)
     print(f"acquire: wrote {out} ({', '.join(f'{k}{tuple(v.shape)}' for k, v in arrays.items())})")
+
+
+def run_weights(name: str, out_dir: str | None, mirror: str | None, digests: dict[str, str] | None = None) -> None:
+    """Fetch weights set ``name`` into ``out_dir`` (default ``data/weights/<name>``) and write its manifest."""
+    from flowrepro.data import weights
+
+    manifest = weights.acquire(name, out_dir, mirror, digests)
+    recorded = weights.read_manifest(manifest.parent)
+    print(f"acquire: wrote {manifest.parent}/ ({', '.join(f'{f} sha256 {h[:12]}' for f, h in recorded.items())}) "
+          f"and {manifest}")
 
 
 def download_flags(scale: dict, dataset: str) -> str:

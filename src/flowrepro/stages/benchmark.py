@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from flowrepro import provenance
-from flowrepro.config import load_experiment, load_scale
+from flowrepro.config import benchmark_seeds, load_experiment, load_scale
 from flowrepro.registry import load_plugins
 
 #: kind -> (module, run function, plot function, scale-file section with its sizes)
@@ -30,7 +30,7 @@ def run(experiment_file: str, scale_file: str, out: str) -> None:
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
     load_plugins(experiment.get("plugins", []))
     module, run_name, _, section = _kind(experiment, experiment_file)
-    settings = {"scale": scale["scale"], "seeds": scale["seeds"], **scale.get(section, {})}
+    settings = {"scale": scale["scale"], "seeds": benchmark_seeds(experiment, scale), **scale.get(section, {})}
     getattr(module, run_name)(experiment, settings, out)
     provenance.write_for(out, experiment_file, scale_file, device=_devices(settings))
     print(f"benchmark: wrote {out}")

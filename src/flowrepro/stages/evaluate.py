@@ -2,7 +2,10 @@
 
 Rows: w2 (exact, POT, on flattened samples) and nfe for every sampler run; fid_classifier for
 image datasets (Fréchet distance in the features of the dataset's own classifier, see
-:mod:`flowrepro.metrics.fid`); sliced_w2 and mmd for vector datasets only (sliced W2 over 128
+:mod:`flowrepro.metrics.fid`); fid_inception for image datasets where the scale has a
+``fid_inception`` section (the papers' FID: Inception features against the training set's
+statistics, on the first ``fid_inception/samples`` of each run, see
+:mod:`flowrepro.stages.fid_reference`); sliced_w2 and mmd for vector datasets only (sliced W2 over 128
 directions of fixed seed 0; unbiased squared MMD, Gaussian kernel at the test set's median
 distance, on fixed random subsets of at most ``MMD_MAX_POINTS`` points; see
 :mod:`flowrepro.metrics`; on images one median bandwidth in pixel space means little and
@@ -30,15 +33,20 @@ from flowrepro.config import IMAGE_DATASETS, bind_roles, load_experiment, load_s
 
 
 def run(experiment_file: str, scale_file: str, data_files: list[str], sample_files: list[str], out: str,
-        classifier_files: list[str] = ()) -> None:
+        classifier_files: list[str] = (), fid_references: list[str] = (), inception_weights: str | None = None) -> None:
     from flowrepro import provenance
-    from flowrepro.config import flow_settings
+    from flowrepro.config import flow_settings, pick_device
+    from flowrepro.stages import fid_reference
 
     scale = load_scale(scale_file)
     experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
     references = {path: io.load_data(path) for path in data_files}  # each checked against its .sha256
     classifiers = {Path(path).stem: path for path in classifier_files}
     accuracies = {dataset: _classifier_accuracy(path) for dataset, path in classifiers.items()}  # read once
+    fid = fid_reference.settings(scale, scale_file)
+    has_images = any(_dataset_name(path) in IMAGE_DATASETS for path in data_files)
+    inception = (fid_reference.InceptionFID(fid, list(fid_references), inception_weights, pick_device(scale.get("device", "auto")))
+                 if fid and has_images else None)
     base = {"experiment": experiment["id"], "optimizer": "", "scale": scale["scale"]}
     rows = []
 
@@ -46,8 +54,11 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
         if dataset in IMAGE_DATASETS and dataset not in classifiers:
             raise KeyError(f"{experiment_file}: image dataset {dataset!r} needs --classifiers results/classifiers/{dataset}.pt")
         settings = flow_settings(scale, dataset)
-        return quality_metrics(samples, dataset, test, classifiers.get(dataset), settings.get("w2_points"),
-                               settings.get("sample_batch", 1000))
+        values = quality_metrics(samples, dataset, test, classifiers.get(dataset), settings.get("w2_points"),
+                                 settings.get("sample_batch", 1000))
+        if inception is not None and dataset in IMAGE_DATASETS:  # the papers' FID, beside fid_classifier
+            values["fid_inception"] = inception(samples, dataset)
+        return values
 
     def w2_reference(data_path: str) -> np.ndarray:  # the test points the samples are compared with
         return references[data_path]["test"][:flow_settings(scale, _dataset_name(data_path))["n_eval"]]
@@ -75,6 +86,7 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
     images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
     features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
                 f"{accuracies[d]:.4f}, reference statistics of {d}'s test set" for d in images]
+    features += inception.describe(images) if inception is not None else []
     provenance.write_for(out, experiment_file, scale_file, device=scale.get("device", "auto"),
                          features="; ".join(features) or None)
     print(f"evaluate: wrote {out} ({len(rows)} rows)")

@@ -10,8 +10,6 @@ from flowrepro.config import load_experiment
 
 def run(experiment_file: str, metrics_file: str, data_files: list[str], sample_files: list[str], out_dir: str) -> None:
     """Flow experiments: quality_vs_nfe (and solver_error_vs_nfe), then per dataset samples_<dataset> and (2-D) trajectories_<dataset>."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")

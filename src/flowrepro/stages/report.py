@@ -1,10 +1,11 @@
 """report: one page over every experiment -> results/report.md and results/report.html.
 
 Per experiment: what was run (scale, seeds, wall time), the claims with pass/fail and the
-numbers that decided them, a metrics table (mean ± std over seeds), the figures, and the
-provenance (config hash, git commit, library versions, device, FID features) read from
-``provenance.json`` beside the metrics. The HTML page opens with an index: each paper's
-pass/fail counts, linked to its section.
+numbers that decided them, the paper's own numbers against ours (:mod:`flowrepro.paper_numbers`:
+reproduced / not reproduced at a matching scale, not comparable elsewhere), a metrics table
+(mean ± std over seeds), the figures, and the provenance (config hash, git commit, library
+versions, device, FID features) read from ``provenance.json`` beside the metrics. Both pages open
+with an overview: each paper's claim counts and its paper numbers' verdicts, linked to its section.
 Figures are linked relative to the report, so the results folder can be moved as a whole.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowrepro import io, provenance
-from flowrepro.config import load_experiment, load_scale
+from flowrepro import io, paper_numbers, provenance
+from flowrepro.config import load_experiment, load_scale, roles
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -49,12 +50,14 @@ def recipe_summary(experiment: dict, scale: dict) -> str:
 def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.DataFrame, figures: list[Path],
                         report_dir: Path, record: dict | None = None, scale: dict | None = None) -> dict:
     counts = claims["status"].value_counts().to_dict()
+    comparisons = paper_numbers.compare_all(experiment, metrics, scale["scale"] if scale else "", roles(scale) if scale else {})
     return {
         "id": experiment["id"], "title": experiment["title"], "source": experiment["source"],
         "counts": {s: int(counts.get(s, 0)) for s in STATUSES},
         "summary": ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
         "provenance": provenance.describe(record),
-        "claims": claims, "metrics": summarise(metrics), "paper_numbers": experiment.get("paper_numbers", {}),
+        "claims": claims, "metrics": summarise(metrics), "paper_numbers": comparisons,
+        "paper_summary": paper_numbers.summary(comparisons),
         "recipe": recipe_summary(experiment, scale) if scale else "",
         "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
         "wall_s": float(metrics["wall_s"].fillna(0).sum()),
@@ -88,8 +91,8 @@ def _expand(paths: list[str]) -> list[Path]:
 
 
 def render_markdown(sections: list[dict], header: str) -> str:
-    lines = ["# flowrepro results", "", header, "", "| experiment | claims |", "|---|---|"]
-    lines += [f"| [{s['id']}](#{s['id']}) | {s['summary']} |" for s in sections]
+    lines = ["# flowrepro results", "", header, "", "| experiment | claims | paper's numbers |", "|---|---|---|"]
+    lines += [f"| [{s['id']}](#{s['id']}) | {s['summary']} | {s['paper_summary'] or '—'} |" for s in sections]
     lines += ["", "## All claims", "", claims_table(sections)]
     for s in sections:
         lines += ["", f"## {s['id']}", "", f"**{s['title']}**, {s['source']}", "",
@@ -103,13 +106,39 @@ def render_markdown(sections: list[dict], header: str) -> str:
         if s["recipe"]:
             lines += ["", f"Training recipe of the image models at this scale: {s['recipe']}"]
         if s["paper_numbers"]:
-            lines += ["", "Paper's own numbers (their scale, for reference): " +
-                      "; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())]
+            lines += ["", "### Paper's numbers", "", PAPER_NUMBERS_NOTE, "", paper_numbers_table(s["paper_numbers"])]
         lines += ["", "### Metrics (mean ± std over seeds)", "", s["metrics"].to_markdown(index=False)
                   if _has_tabulate() else s["metrics"].to_string(index=False), "", "### Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in s["figures"]]
         lines += ["", "### Provenance", ""] + [f"- **{label}**: {value}" for label, value in s["provenance"]]
     return "\n".join(lines) + "\n"
+
+
+PAPER_NUMBERS_NOTE = ("Theirs against ours (mean ± std over seeds of the rows the metric selects) at the scale the "
+                      "number is comparable at: reproduced when |ours - theirs| <= tolerance * |theirs|; at any "
+                      "other scale not comparable, ours shown only where such rows exist.")
+PAPER_NUMBER_COLUMNS = ("number", "metric", "source", "theirs", "ours (mean ± std, n)", "ratio", "verdict",
+                        "tolerance", "note")
+#: Row colour of each verdict in the HTML report (the claims' classes).
+VERDICT_CLASSES = {"reproduced": "pass", "not reproduced": "fail", "no rows": "not-run",
+                   "not comparable": "not-run", "no corresponding row": "not-run"}
+
+
+def paper_number_cells(c: paper_numbers.Comparison) -> list[str]:
+    """One paper number's cells, in the order of ``PAPER_NUMBER_COLUMNS`` ('—' where there is nothing)."""
+    number = c.number
+    return [number.name, number.metric or "null (no corresponding row)", number.source, f"{number.value:g}",
+            "—" if c.ours is None else f"{c.ours:.4g} ± {c.std:.2g} (n={c.n})",
+            "—" if c.ratio is None else f"{c.ratio:.3g}", c.label,
+            f"±{100 * number.tolerance:.3g}%: {number.tolerance_reason}", number.note]
+
+
+def paper_numbers_table(comparisons: list[paper_numbers.Comparison]) -> str:
+    """The markdown table of an experiment's paper numbers against ours."""
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (a pipe would end the cell)
+    lines = ["| " + " | ".join(PAPER_NUMBER_COLUMNS) + " |", "|" + "---|" * len(PAPER_NUMBER_COLUMNS)]
+    lines += ["| " + " | ".join(cell(text) for text in paper_number_cells(c)) + " |" for c in comparisons]
+    return "\n".join(lines)
 
 
 def _margin(claim) -> str:
@@ -153,7 +182,11 @@ def render_html(sections: list[dict], header: str) -> str:
         if s["recipe"]:
             parts.append(f"<p class='recipe'>Training recipe of the image models at this scale: {esc(s['recipe'])}</p>")
         if s["paper_numbers"]:
-            parts.append("<p>Paper's own numbers (their scale): " + esc("; ".join(f"{k}: {v}" for k, v in s["paper_numbers"].items())) + "</p>")
+            parts.append(f"<h3>Paper's numbers</h3><p>{esc(PAPER_NUMBERS_NOTE)}</p><table class='paper-numbers'><tr>" +
+                         "".join(f"<th>{esc(column)}</th>" for column in PAPER_NUMBER_COLUMNS) + "</tr>")
+            parts += [f"<tr class='{VERDICT_CLASSES[c.verdict]}'>" +
+                      "".join(f"<td>{esc(text)}</td>" for text in paper_number_cells(c)) + "</tr>" for c in s["paper_numbers"]]
+            parts.append("</table>")
         rows = len(s["metrics"])  # long tables (optimizer curves: hundreds of rows) start folded
         parts.append(f"<h3>Metrics (mean ± std over seeds)</h3><details{' open' if rows <= 60 else ''}>"
                      f"<summary>{rows} rows</summary>" + s["metrics"].to_html(index=False, border=0) + "</details>")
@@ -172,7 +205,7 @@ def _html_index(sections: list[dict]) -> str:
     total = {s: sum(sec["counts"][s] for sec in sections) for s in STATUSES}
     rows = ["<nav id='index'><h2>Index</h2><p>" + esc(f"{len(sections)} experiments, " +
             ", ".join(f"{total[s]} claims {s}" for s in STATUSES)) + "</p><table><tr><th>experiment</th><th>paper</th>" +
-            "".join(f"<th>{s}</th>" for s in STATUSES) + "<th>verdict</th></tr>"]
+            "".join(f"<th>{s}</th>" for s in STATUSES) + "<th>verdict</th><th>paper's numbers</th></tr>"]
     for sec in sections:
         counts = sec["counts"]
         verdict = ("fail" if counts["fail"] else "not-run" if counts["not-run"] or not sum(counts.values())
@@ -182,7 +215,7 @@ def _html_index(sections: list[dict]) -> str:
                  "not-run": "not fully run"}[verdict]
         rows.append(f"<tr><td><a href='#{esc(sec['id'])}'>{esc(sec['id'])}</a></td><td>{esc(sec['title'])}</td>" +
                     "".join(f"<td class='n'>{counts[s]}</td>" for s in STATUSES) +
-                    f"<td class='{verdict}'>{esc(label)}</td></tr>")
+                    f"<td class='{verdict}'>{esc(label)}</td><td>{esc(sec['paper_summary'] or '—')}</td></tr>")
     return "\n".join(rows) + "</table></nav>"
 
 

@@ -30,7 +30,7 @@ def _noise(n: int, shape: tuple[int, ...], seed: int, device: str):
 
 
 #: Sampling-entry keys that go to the sampler itself (besides its time grid / steps).
-SAMPLER_OPTIONS = ("epsilon", "snr", "window")
+SAMPLER_OPTIONS = ("epsilon", "snr", "window", "cutoff")
 #: BOSS calibration sizes (sampling-entry keys) and their defaults.
 BOSS_OPTIONS = {"n_fine": 100, "substeps": 4, "n_calibration": 256}
 
@@ -102,7 +102,7 @@ def batched(sampler_call, x0, batch: int, counter, device: str):
 
 def run(experiment_file: str, scale_file: str, model_files: list[str] | str, out: str, method: str | None = None) -> None:
     from flowrepro.config import flow_settings
-    from flowrepro.registry import SAMPLERS, load_plugins
+    from flowrepro.registry import load_plugins
     from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
     from flowrepro.samplers.nfe import NFECounter
     from flowrepro.stages.train import load_models

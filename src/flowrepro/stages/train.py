@@ -101,6 +101,7 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
     from flowrepro.config import flow_settings
     from flowrepro.generative import couplings, paths  # noqa: F401  (register the pieces)
     from flowrepro.generative.data_views import PairsOnDisk, RandomHorizontalFlip
+    from flowrepro.generative.distributed import from_environment
     from flowrepro.generative.objectives import build_objective
     from flowrepro.generative.paths import build_path
     from flowrepro.generative.training import train_flow
@@ -119,6 +120,8 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
         raise ValueError(f"--seed {seed} is not one of the scale's seeds {scale['seeds']} ({scale_file})")
     settings = flow_settings(scale, dataset) | identity.get("recipe", {})  # = training_settings of the experiment
     device = pick_device(scale.get("device", "auto"))
+    group = from_environment(device)  # under torchrun (a recipe's gpus: N > 1): this rank's GPU; else None
+    device, writer = (group.device, group.rank == 0) if group else (device, True)  # only rank 0 prints and writes
     config = train_config(spec, settings)
     path = build_path(spec)
     objective = build_objective(spec, path, pieces.build("loss", config.loss))
@@ -136,7 +139,7 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
     for seed in seeds:
         torch.manual_seed(seed)
         model = build_model(shape, settings).to(device)
-        if seed == seeds[0]:
+        if seed == seeds[0] and writer:
             size = sum(p.numel() for p in model.parameters())
             print(f"train: {name} on {dataset}: network {settings.get('network', 'mlp')}, {size / 1e6:.3f} M parameters, "
                   f"{config.steps} steps of batch {config.batch_size}, {config.optimizer} lr {config.lr}")
@@ -158,11 +161,15 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
         start = time.perf_counter()
         history = train_flow(model, coupling, path, config, seed=seed, run_name=f"{dataset}/{name}/seed{seed}",
                              checkpoint=checkpoint, device=device, progress=progress, objective=objective,
-                             ema_model=ema_model)
+                             ema_model=ema_model, distributed=group)
         result["seeds"][seed] = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                  "losses": history, "wall_s": time.perf_counter() - start}
         if ema_model is not None:
             result["seeds"][seed]["ema_state_dict"] = {k: v.cpu() for k, v in ema_model.state_dict().items()}
+    if group:
+        group.close()
+    if not writer:
+        return
     io.save_model_file(out, result)  # safetensors + JSON (the .pt name is the workflow's)
     for seed in seeds:
         Path(f"{out}.seed{seed}.ckpt").unlink(missing_ok=True)
