@@ -72,3 +72,14 @@ def registries_restored():
     for name in set(sys.modules) - modules:  # a plugin module loads (and registers) again next time
         if name.startswith("flowrepro_plugin_"):
             del sys.modules[name]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(directory, base URL) of a local HTTP server over an empty tmp directory: what downloads are tested against."""
+    from fake_archives import serve_directory
+
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve_directory(root) as url:
+        yield root, url

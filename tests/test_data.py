@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_archives import serve_directory, write_cifar10_archive, write_mnist_archives
+from fake_archives import write_cifar10_archive, write_mnist_archives
 
 from flowrepro import cli
 from flowrepro import io as fio
@@ -87,14 +87,6 @@ def test_unknown_dataset_names_the_known_ones():
 
 
 # --- downloads against a local HTTP server -------------------------------------------------
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    with serve_directory(root) as url:
-        yield root, url
-
 
 def test_fake_archives_import_from_a_test_file():
     # Other test modules rely on this import path (pytest's rootdir-based sys.path for tests/).

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from fake_archives import serve_directory
 from fake_weights import random_inception_in, sha256_file, write_tiny_ddpm
 from flowrepro import cli, io
 from flowrepro.data import weights
@@ -21,14 +20,6 @@ from flowrepro.data.download import ChecksumError, DigestError
 from flowrepro.data.weights import FID_INCEPTION_FILE
 
 SAFETENSORS, BIN = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    with serve_directory(root) as url:
-        yield root, url
 
 
 @pytest.fixture
