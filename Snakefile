@@ -7,9 +7,10 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from flowrepro.config import (IMAGE_DATASETS, benchmark_seeds, bind_roles, check_dataset_sizes, experiment_plugin_files, flow_settings,
-                              load_experiment, model_identity, model_key, model_plugins, RUN_SETTINGS, sampling_plugin_files,
-                              shared_models, training_settings, workflow_scale)
+from flowrepro.config import (IMAGE_DATASETS, benchmark_seeds, bind_roles, check_dataset_sizes, experiment_plugin_files, flow_datasets,
+                              flow_runs, flow_settings, load_experiment, model_identity, model_key, model_plugins, pretrained_models,
+                              pretrained_skipped, RUN_SETTINGS, sampling_plugin_files, shared_models, training_settings,
+                              workflow_scale)
 from flowrepro.stages.benchmark import KINDS as BENCHMARK_KINDS
 
 min_version("8.0")
@@ -40,7 +41,12 @@ EXPERIMENT_FILES = {Path(experiment_path(e)).stem: experiment_path(e) for e in c
 EXPERIMENTS = {name: bind_roles(load_experiment(path), SCALE, path) for name, path in EXPERIMENT_FILES.items()}
 FLOW = {name: e for name, e in EXPERIMENTS.items() if e["kind"] == "flow"}
 BENCHMARKS = {name: e for name, e in EXPERIMENTS.items() if e["kind"] != "flow"}
-check_dataset_sizes(SCALE, {d for e in FLOW.values() for d in e["datasets"]}, SCALE_FILE)
+check_dataset_sizes(SCALE, {d for e in FLOW.values() for d in flow_datasets(e, SCALE)}, SCALE_FILE)
+# Pretrained networks (sampled, never trained) run where the scale acquires their weights with known sha256.
+PRETRAINED = {name: pretrained_models(e, SCALE) for name, e in FLOW.items()}  # experiment -> {model: entry}
+for _name, _e in FLOW.items():
+    for _model, _why in pretrained_skipped(_e, SCALE).items():
+        print(f"flowrepro: {_name}: pretrained {_model} not run: {_why.splitlines()[0]}", file=sys.stderr)
 MODEL_OWNERS = shared_models(FLOW, SCALE)  # model key -> the first experiment/model/dataset defining it
 
 

@@ -7,6 +7,8 @@ Bare forwards and sampler runs are interleaved in one process (same thermal/load
 median of ``--repeats`` rounds is reported. Target: ratio <= 1.15. On a shared, loaded machine the
 side-by-side ratio is noisy (even < 1), so the adapter's own cost per NFE is also timed with a
 zero-cost model and reported as 1 + adapter / bare, a low-variance estimate of the same ratio.
+Our own eps-model samplers (:data:`OWN`: PLMS with its Adams-Bashforth warm-up, HB, GHVB, BDIA) are
+timed the same way, called directly (they need no scheduler).
 
     python benchmarks/sampler_overhead.py [--batch 32] [--steps 10] [--repeats 3]
 """
@@ -16,6 +18,10 @@ import argparse
 import statistics
 import time
 import warnings
+
+
+#: Samplers written here over the same ``eps(x, s)`` interface (flowrepro.samplers.momentum, .bdia).
+OWN = ("plms_ab", "hb", "ghvb", "bdia")
 
 
 def small_unet():
@@ -38,8 +44,13 @@ def main() -> None:
     import torch
     import diffusers.utils.logging as dlog
 
+    from flowrepro.registry import SAMPLERS
+    from flowrepro.samplers import bdia, momentum  # noqa: F401  (register OWN)
     from flowrepro.samplers import diffusion as D
     from flowrepro.samplers.nfe import NFECounter
+
+    def sample(model, name: str):
+        return SAMPLERS.get(name)(model, x, args.steps) if name in OWN else D.run_scheduler(model, x, name, args.steps)
 
     warnings.filterwarnings("ignore")
     dlog.set_verbosity_error()
@@ -64,14 +75,14 @@ def main() -> None:
         D.timestep_for_level(s)
         return torch.zeros_like(x_in)
 
-    names = args.samplers or list(D.SCHEDULERS)
+    names = args.samplers or [*D.SCHEDULERS, *OWN]
     adapter: dict[str, float] = {}
     for name in names:  # the adapter alone (scheduler build, steps, lookups, counter): a low-noise estimate
         runs = []
         for _ in range(5):
             model = NFECounter(null_model)
             start = time.perf_counter()
-            D.run_scheduler(model, x, name, args.steps)
+            sample(model, name)
             runs.append((time.perf_counter() - start) / model.calls)
         adapter[name] = statistics.median(runs)
     per_nfe: dict[str, list[float]] = {name: [] for name in names}
@@ -83,7 +94,7 @@ def main() -> None:
             for name in names:
                 model = NFECounter(eps_model)
                 start = time.perf_counter()
-                D.run_scheduler(model, x, name, args.steps)
+                sample(model, name)
                 elapsed = time.perf_counter() - start
                 calls[name] = model.calls
                 per_nfe[name].append(elapsed / model.calls)

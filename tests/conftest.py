@@ -51,6 +51,17 @@ def _threads():
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of many tiny ops (faster, and deterministic), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def registries_restored():
     """Registries as they were after the test: loading examples or edited plugin copies registers their pieces

@@ -75,15 +75,15 @@ SCHEDULER_CONFIG = {"_class_name": "DDPMScheduler", "beta_start": 0.0001, "beta_
                     "num_train_timesteps": 1000, "clip_sample": True, "variance_type": "fixed_small"}
 
 
-def write_tiny_ddpm(directory: str | Path, safetensors: bool = True, seed: int = 0) -> dict[str, str]:
-    """A tiny ``UNet2DModel`` (8x8, two levels, one attention block) in diffusers' layout: ``config.json``,
+def write_tiny_ddpm(directory: str | Path, safetensors: bool = True, seed: int = 0, sample_size: int = 8) -> dict[str, str]:
+    """A tiny ``UNet2DModel`` (``sample_size`` square, two levels, one attention block) in diffusers' layout: ``config.json``,
     ``diffusion_pytorch_model.safetensors`` (or ``.bin``) and ``scheduler_config.json``; returns
     {file name: sha256}."""
     import torch
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+    unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                        norm_num_groups=4)
     directory = Path(directory)

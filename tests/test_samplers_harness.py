@@ -15,15 +15,8 @@ from flowrepro.samplers.nfe import NFECounter  # noqa: E402
 from flowrepro.samplers.ode import integrate_dopri5, integrate_fixed  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # diffusers' own
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny ops: one thread is faster and deterministic
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),  # diffusers' own
+              pytest.mark.usefixtures("one_torch_thread")]  # many tiny ops: one thread is faster and deterministic
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-file", nargs="+", required=True, help="the model's file, or one file per seed")
     p.add_argument("--out", required=True)
 
-    p = stage("sample", "run the experiment's samplers on one trained model")
-    p.add_argument("--model-file", nargs="+", required=True, help="the model's file, or one file per seed")
+    p = stage("sample", "run the experiment's samplers on one trained or pretrained model")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model-file", nargs="+", help="the model's file, or one file per seed")
+    model.add_argument("--pretrained", help="an acquired diffusers model folder (data/weights/<name>); needs --data and --method")
+    p.add_argument("--data", default=None, help="with --pretrained: the dataset it generates (its shape and data variance)")
     p.add_argument("--method", default=None, help="the model's name in this experiment (default: its name in the experiment that trained it)")
     p.add_argument("--out", required=True)
 
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "sample":
         from flowrepro.stages import sample
 
-        sample.run(args.experiment, args.scale, args.model_file, args.out, args.method)
+        sample.run(args.experiment, args.scale, args.model_file, args.out, args.method, args.pretrained, args.data)
     elif args.stage == "fid":
         from flowrepro.stages import fid
 

@@ -77,6 +77,7 @@ def load_experiment(path: str | Path) -> dict:
         experiment["recipes"] = donor.get("recipes", {})  # the donor's own recipes_from is not followed
     if experiment.get("models"):
         _check_piece_names(experiment, path)
+    _check_pretrained(experiment, path)
     for name, spec in experiment.get("models", {}).items():
         for key in ("pairs_from", "init"):
             if key in spec and spec[key] not in experiment["models"]:
@@ -118,12 +119,64 @@ def _check_piece_names(experiment: dict, path: str | Path) -> None:
                               "takes no reg (minibatch_sinkhorn does)")
     for label, options in experiment.get("sampling", {}).items():
         pieces.check("sampler", options.get("sampler", label), f"{path}: sampling/{label}/sampler")
-        unknown = sorted(set(options.get("models", [])) - set(experiment["models"]))
+        known = sorted(set(experiment["models"]) | set(experiment.get("pretrained", {})))
+        unknown = sorted(set(options.get("models", [])) - set(known))
         if unknown:
-            raise ConfigError(f"{path}: sampling/{label}/models: unknown model(s) {unknown}; known: {sorted(experiment['models'])}")
+            raise ConfigError(f"{path}: sampling/{label}/models: unknown model(s) {unknown}; known: {known}")
         schedule = options.get("schedule", "uniform")
         if pieces.name_of(schedule) != "boss":  # boss is estimated on the model (stages.sample), not a grid function
             pieces.check("schedule", schedule, f"{path}: sampling/{label}/schedule")
+
+
+def _check_pretrained(experiment: dict, path: str | Path) -> None:
+    """``pretrained:`` entries name a known weights set and a dataset (not a role), and no trained model."""
+    from flowrepro.data.weights import WEIGHTS
+
+    for name, entry in experiment.get("pretrained", {}).items():
+        where = f"{path}: pretrained/{name}"
+        if name in experiment.get("models", {}):
+            raise ConfigError(f"{where}: {name!r} is also under models; a pretrained network needs its own name")
+        if entry["weights"] not in WEIGHTS:
+            raise ConfigError(f"{where}/weights: unknown weights set {entry['weights']!r}; known: {sorted(WEIGHTS)}")
+        if entry["dataset"] in ROLE_NAMES:
+            raise ConfigError(f"{where}/dataset: give the dataset the network generates (cifar10), not the role {entry['dataset']!r}")
+
+
+def pretrained_models(experiment: dict, scale: dict) -> dict[str, dict]:
+    """name -> entry of the experiment's ``pretrained:`` networks that run at this scale: those whose
+    weights the scale acquires (``downloads: {weights: [...]}``) with every sha256 known (pinned, or
+    given under ``downloads: {digests: ...}``); :func:`pretrained_skipped` says why the others do not."""
+    return {name: entry for name, entry in experiment.get("pretrained", {}).items()
+            if name not in pretrained_skipped(experiment, scale)}
+
+
+def pretrained_skipped(experiment: dict, scale: dict) -> dict[str, str]:
+    """name -> why the pretrained network does not run at this scale."""
+    from flowrepro.data.weights import DigestError, digests_for, scale_digests, scale_weights
+
+    reasons = {}
+    for name, entry in experiment.get("pretrained", {}).items():
+        weights = entry["weights"]
+        if weights not in scale_weights(scale):
+            reasons[name] = f"scale {scale['scale']!r} does not acquire {weights} (downloads/weights)"
+            continue
+        try:
+            digests_for(weights, scale_digests(scale, weights))
+        except DigestError as error:  # an unpinned file is never fetched: trust on first use is refused
+            reasons[name] = str(error)
+    return reasons
+
+
+def flow_runs(experiment: dict, scale: dict) -> list[tuple[str, str]]:
+    """``(dataset, model)`` of every sample job of a flow experiment at this scale: each trained model on
+    each of its datasets, each pretrained network on its own dataset."""
+    runs = [(dataset, model) for dataset in experiment["datasets"] for model in experiment["models"]]
+    return runs + [(entry["dataset"], name) for name, entry in pretrained_models(experiment, scale).items()]
+
+
+def flow_datasets(experiment: dict, scale: dict) -> list[str]:
+    """The datasets a flow experiment's jobs read at this scale: its own and its pretrained networks'."""
+    return list(dict.fromkeys([*experiment["datasets"], *(dataset for dataset, _ in flow_runs(experiment, scale))]))
 
 
 #: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).

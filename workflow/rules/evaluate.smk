@@ -1,26 +1,30 @@
 from flowrepro.stages.fid_reference import reference_file, settings as fid_inception_settings
 
 
-def flow_data(wildcards):
+def experiment_datasets(wildcards):
+    """The datasets of a flow experiment's jobs: its own and its pretrained networks' (none for a benchmark)."""
     e = EXPERIMENTS[wildcards.experiment]
-    return [f"data/{d}.npz" for d in e["datasets"]] if e["kind"] == "flow" else []
+    return flow_datasets(e, SCALE) if e["kind"] == "flow" else []
+
+
+def flow_data(wildcards):
+    return [f"data/{d}.npz" for d in experiment_datasets(wildcards)]
 
 
 def flow_samples(wildcards):
     e = EXPERIMENTS[wildcards.experiment]
     if e["kind"] != "flow":
         return []
-    return [f"results/{e['id']}/samples/{d}/{m}.npz" for d in e["datasets"] for m in e["models"]]
+    return [f"results/{e['id']}/samples/{d}/{m}.npz" for d, m in flow_runs(e, SCALE)]
 
 
 def flow_classifiers(wildcards):
     """The FID classifier of each image dataset the experiment uses."""
-    e = EXPERIMENTS[wildcards.experiment]
-    return [f"results/classifiers/{d}.pt" for d in e.get("datasets", []) if d in IMAGE_DATASETS]
+    return [f"results/classifiers/{d}.pt" for d in experiment_datasets(wildcards) if d in IMAGE_DATASETS]
 
 
 def flow_experiment_settings(wildcards):
-    return {d: flow_settings(SCALE, d) for d in EXPERIMENTS[wildcards.experiment]["datasets"]} | {"seeds": SEEDS}
+    return {d: flow_settings(SCALE, d) for d in experiment_datasets(wildcards)} | {"seeds": SEEDS}
 
 
 # fid_inception (small, paper, smoke): training-set Inception statistics per dataset, named by the weights' sha256.
@@ -29,7 +33,7 @@ FID_INCEPTION = fid_inception_settings(SCALE, SCALE_FILE)  # None at tiny: no ro
 
 def fid_inputs(wildcards):
     """The Inception weights' manifest and each image dataset's reference statistics (none without fid_inception)."""
-    images = [d for d in EXPERIMENTS[wildcards.experiment].get("datasets", []) if d in IMAGE_DATASETS]
+    images = [d for d in experiment_datasets(wildcards) if d in IMAGE_DATASETS]
     if FID_INCEPTION is None or not images:
         return []
     return [FID_INCEPTION["manifest"]] + [reference_file(d, FID_INCEPTION["sha256"]) for d in images]

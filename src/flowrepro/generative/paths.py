@@ -6,6 +6,11 @@ The conditional target velocity is u_t = a'(t) x0 + b'(t) x1 (Lipman et al., Flo
   a(t) = sqrt(1 - alpha_{1-t}^2), alpha_s = exp(-T(s)/2), T(s) = int_0^s beta, beta(s) linear
   from beta_min = 0.1 to beta_max = 20.
 - ``trig`` (the trigonometric interpolant of Albergo et al.): a = cos(pi t / 2), b = sin(pi t / 2).
+- ``vp_discrete`` (DDPM's own schedule, Ho et al. 2020: N = 1000 training steps, beta linear from
+  1e-4 to 0.02): training step k = (N - 1)(1 - t), b^2 = alphabar_k with log alphabar piecewise
+  linear in k between the steps (DPM-Solver's continuous view of a discrete model, Lu et al. 2022,
+  App. A), a = sqrt(1 - b^2). Every diffusers scheduler's noise levels are training steps, so a model
+  of this path is evaluated exactly where it was trained (the pretrained CIFAR-10 DDPM).
 - any path with ``gamma: g`` (stochastic interpolants): x_t = a x0 + b x1 + gamma(t) z with
   gamma(t)^2 = g t (1 - t) and z ~ N(0, I) independent of x0. With Gaussian x0 the pair
   a x0 + gamma z is itself Gaussian, so the interpolant is the affine path with
@@ -71,6 +76,47 @@ class VPPath(AffinePath):
         b, db = alpha, 0.5 * beta * alpha  # d/dt alpha_{1-t} = +beta/2 alpha
         a = (1 - alpha**2).clamp(min=1e-12).sqrt()
         return a, b, -b * db / a, db
+
+
+@PATHS.register("vp_discrete")
+@dataclass(frozen=True)
+class DiscreteVPPath(AffinePath):
+    """DDPM's discrete schedule as a path: alphabar_k = prod_{i<=k} (1 - beta_i), beta linear in k."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def log_alphas_cumprod(self):
+        """log alphabar_k, k = 0..N-1, computed as diffusers' DDPMScheduler does (float32 cumprod)."""
+        import torch
+
+        betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float32)
+        return torch.cumprod(1.0 - betas, dim=0).double().log()
+
+    def timestep(self, t):
+        """The (fractional) training step of time t: 0 at the data end t = 1, N - 1 at the noise end t = 0."""
+        return (1 - t) * (self.num_train_timesteps - 1)
+
+    def coefficients(self, t):
+        table = self.log_alphas_cumprod().to(t.device)
+        k = self.timestep(t.double()).clamp(0, self.num_train_timesteps - 1)
+        low = k.floor().long().clamp(max=self.num_train_timesteps - 2)
+        slope = table[low + 1] - table[low]  # d log alphabar / dk on this segment
+        log_alphabar = table[low] + slope * (k - low)
+        b = (0.5 * log_alphabar).exp()
+        a = (1 - b**2).clamp(min=1e-12).sqrt()
+        db = b * 0.5 * slope * -(self.num_train_timesteps - 1)  # dk/dt = -(N - 1)
+        return tuple(c.to(t.dtype) for c in (a, b, -b * db / a, db))
+
+    def time_of_level(self, s: float) -> float:
+        """The t whose VE level a / b is ``s``, exactly (log alphabar = -log(1 + s^2) is linear in k on a segment)."""
+        import numpy as np
+
+        log_alphabar = -np.log1p(float(s) ** 2)
+        table = self.log_alphas_cumprod().numpy()[::-1]  # increasing: step N-1 .. 0
+        k = np.interp(log_alphabar, table, np.arange(self.num_train_timesteps - 1, -1, -1, dtype=np.float64))
+        return float(1 - k / (self.num_train_timesteps - 1))
 
 
 @PATHS.register("trig")

@@ -57,6 +57,22 @@ def _amsgrad_paper(params: Any, lr: float, **kw: Any) -> Any:
     return build_amsgrad_paper(params, lr, **kw)
 
 
+def _own(module: str, name: str, **fixed: Any) -> Callable[..., Any]:
+    """An optimizer written here from its paper (``flowrepro.optim.<module>.<name>``), imported when built."""
+    def build(params: Any, lr: float, **kw: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"flowrepro.optim.{module}"), name)(params, lr=lr, **{**fixed, **_tuples(kw)})
+
+    return build
+
+
+def _lion_k(params: Any, lr: float, **kw: Any) -> Any:
+    from flowrepro.optim.lion_k import build_lion_k
+
+    return build_lion_k(params, lr, **kw)
+
+
 def _register(spec: OptimizerSpec) -> OptimizerSpec:
     return OPTIMIZERS.register(spec.name)(spec)
 
@@ -81,6 +97,21 @@ for _spec in [
                   needs_create_graph=True, source="Yao et al. 2021; defaults of the authors' code"),
     OptimizerSpec("gravity", _pytorch_optimizer("gravity"), source="Bahrami & Zadeh 2021"),
     OptimizerSpec("grams", _pytorch_optimizer("grams"), source="Cao et al. 2024"),
+    # second-order and look-ahead optimizers written from their papers (issue #22, TIER2 2.9-2.11)
+    OptimizerSpec("mfac", _own("mfac", "MFAC", ngrads=32, damp=1e-4, momentum=0.9),
+                  source="Frantar, Kurtic & Alistarh 2021 (dense M-FAC, m=32, damp 1e-4; flowrepro.optim.mfac)"),
+    OptimizerSpec("mkor", _own("mkor", "MKOR", base="sgd", momentum=0.9),
+                  source="Mozaffari et al. 2023 (MKOR, SGD-momentum base; flowrepro.optim.mkor)"),
+    OptimizerSpec("xgrad_sgdm", _own("xgrad", "XGradSGD", momentum=0.9, steps_ahead=1),
+                  source="Guan et al. 2023 (XGrad over SGD-momentum 0.9, s=1; flowrepro.optim.xgrad)"),
+    OptimizerSpec("xgrad_adam", _own("xgrad", "XGradAdam", steps_ahead=1),
+                  source="Guan et al. 2023 (XGrad over Adam, s=1; flowrepro.optim.xgrad)"),
+    OptimizerSpec("xgrad_adamw", _own("xgrad", "XGradAdamW", steps_ahead=1),
+                  source="Guan et al. 2023 (XGrad over AdamW, s=1; flowrepro.optim.xgrad)"),
+    OptimizerSpec("lion_k", lambda params, lr, **kw: _lion_k(params, lr, **_tuples(kw)),
+                  source="Chen et al. 2024 (Lion-K): Lion with decoupled weight decay, box metrics recorded"),
+    OptimizerSpec("kron", _pytorch_optimizer("kron"), source="Li 2018 (PSGD Kron), pytorch_optimizer"),
+    OptimizerSpec("shampoo", _pytorch_optimizer("shampoo"), source="Gupta, Koren & Singer 2018, pytorch_optimizer"),
 ]:
     _register(_spec)
 

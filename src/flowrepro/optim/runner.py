@@ -26,6 +26,7 @@ def _make_problem(problem: str | Callable[..., Any], seed: int, problem_kwargs: 
     import flowrepro.optim.problems  # noqa: F401  (registers the synthetic problems)
     import flowrepro.optim.problems_cifar  # noqa: F401  (registers ResNet-20 / CIFAR-10)
     import flowrepro.optim.problems_learning  # noqa: F401  (registers the learning problems)
+    import flowrepro.optim.problems_node  # noqa: F401  (registers the neural-ODE problems)
 
     factory = PROBLEMS.get(problem) if isinstance(problem, str) else problem
     return factory(seed, **(problem_kwargs or {}))
@@ -81,8 +82,11 @@ def run_optimizer(problem: str | Callable[..., Any], optimizer_name: str, lr: fl
         for group in opt.param_groups:
             group["lr"] = lr * prob.lr_factor(t)
         opt.zero_grad(set_to_none=True)
+        if hasattr(opt, "pre_forward"):  # XGrad: the gradient is taken at predicted weights
+            opt.pre_forward()
         loss = prob.loss(t)
         loss.backward(create_graph=spec.needs_create_graph)  # AdaHessian differentiates grads again
+        getattr(opt, "observe_loss", lambda _: None)(loss.detach())  # f(x_{t-1}), for Lion-K's Lyapunov record
         opt.step()
         prob.project()
         prob.after_step(t)
@@ -97,6 +101,7 @@ def run_optimizer(problem: str | Callable[..., Any], optimizer_name: str, lr: fl
 
     summary = {k: (v if not diverged else math.nan) for k, v in prob.summary().items()}
     summary.update(diverged=diverged, final_train_loss=last_loss)
+    summary.update(getattr(opt, "run_metrics", dict)())  # optimizer-side metrics (Lion-K's box)
     if target:
         summary.update(steps_to_target=hit_step, seconds_to_target=hit_wall)
     rows.extend({**label, "nfe": "", "metric": k, "value": float(v), "wall_s": wall}

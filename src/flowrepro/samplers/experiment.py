@@ -16,6 +16,9 @@ Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/clai
         rtol: [...]         dopri5 tolerances (schedule column reads "rtol=<value>")
         window: number      time-shift window (ddim_ts: window size in training steps, official TS-DPM
                             rule; euler_ts: fraction of a step);  cutoff: ddim_ts, no shift at or below
+        sampler: name       the registered sampler (default: the label), so one sampler runs under several
+                            labels with different options
+        order, gamma, ...   any option the sampler function names (hb/ghvb: fractional order; bdia: gamma)
     metrics: [solver_error, w2, mmd]
     distribution_nfe: [...] NFE values at which w2/mmd are computed (exact W2 costs; default all)
     boss: {n_fine: 100, n_batch: 256}   BOSS estimation sizes
@@ -27,6 +30,9 @@ Metrics, per (dataset, sampler, schedule, counted nfe, seed): solver_error = mea
 x* the probability-flow ODE endpoint of the same noise (dopri5, rtol 1e-8 in float64); w2 = exact W2
 (POT) to a fresh target sample; mmd = unbiased squared MMD, Gaussian kernel at the target's median
 distance. Rows with sampler=target are the floor: the same metric between two target samples.
+inversion_error (samplers with a round trip, flowrepro.samplers.bdia.ROUND_TRIPS: bdia, ddim) = mean_n
+||z_n - z'_n|| for n_eval target samples z inverted to noise and regenerated with the same steps; its
+row carries the sampler's forward nfe (the round trip costs about twice that).
 """
 from __future__ import annotations
 
@@ -92,6 +98,9 @@ def _plan(harness: str, sampler: str, schedule: str, budget: int) -> tuple[int, 
         return (budget // per_step, budget // per_step * per_step) if budget >= per_step else None
     if sampler == "ddim_ts":
         return budget, budget
+    own = getattr(SAMPLERS.get(sampler), "calls_per_step", None) if sampler in SAMPLERS and sampler not in diffusion.SCHEDULERS else None
+    if own:  # our own eps-model samplers (momentum, bdia) declare their cost per step
+        return (budget // own, budget // own * own) if budget >= own else None
     best = None
     for steps in range(1, budget + 1):
         try:
@@ -147,8 +156,19 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
             case.boss_grids.update(_boss(case, options))
         x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule, timesteps=case.boss_grids[steps])
     else:
-        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule)
+        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule, **_named_options(SAMPLERS.get(sampler), options))
     return x, model.calls, case.reference(levels)
+
+
+def _named_options(fn, options: dict) -> dict:
+    """The experiment options ``fn`` names as parameters (e.g. hb's order, bdia's gamma); a diffusers
+    adapter names none, so its scheduler never sees them."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    skip = {"model", "x_t", "steps", "schedule", "timesteps"}
+    return {k: v for k, v in options.items() if k in params and k not in skip
+            and params[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
 def _boss(case: _Case, options: dict) -> dict[int, Any]:
@@ -170,7 +190,7 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
 
     from flowrepro.io import write_table
     from flowrepro.metrics.wasserstein import exact_w2
-    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
+    from flowrepro.samplers import bdia, diffusion, momentum, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     harness = experiment.get("harness", "vp")
@@ -192,8 +212,9 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                     if metric in metrics:
                         rows.append({**base, "dataset": dataset, "sampler": "target", "schedule": "", "nfe": 0,
                                      "seed": seed, "metric": metric, "value": fn(case.target2, case.target), "wall_s": 0.0})
-                for sampler, options in experiment["samplers"].items():
+                for label, options in experiment["samplers"].items():
                     options = {**experiment.get("boss", {}), **(options or {})}  # BOSS sizes reach _boss
+                    sampler = options.get("sampler", label)  # one registered sampler under several labels (hb 3.8, hb 3.5)
                     settings_list = ([("rtol=%g" % r, None, {**options, "rtol": r}) for r in options.get("rtol", [1e-3])]
                                      if sampler == "dopri5" else
                                      [(sch, b, options) for sch in options.get("schedules", experiment.get("schedules", ["uniform"]))
@@ -214,11 +235,16 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                         if (schedule, nfe) in done:
                             continue
                         done.add((schedule, nfe))
-                        row = {**base, "dataset": dataset, "sampler": sampler, "schedule": schedule, "nfe": nfe,
+                        row = {**base, "dataset": dataset, "sampler": label, "schedule": schedule, "nfe": nfe,
                                "seed": seed, "wall_s": round(wall, 5)}
                         x64 = x.to(torch.float64)
                         if "solver_error" in metrics:
                             rows.append({**row, "metric": "solver_error", "value": float((x64 - ref.to(torch.float64)).norm(dim=-1).mean())})
+                        if "inversion_error" in metrics and sampler in bdia.ROUND_TRIPS:  # data -> noise -> data, same steps
+                            data = torch.as_tensor(case.target, dtype=torch.float64)
+                            trip = bdia.ROUND_TRIPS[sampler]
+                            back = trip(case.exact.eps, data, steps, **_named_options(trip, opts))
+                            rows.append({**row, "metric": "inversion_error", "value": bdia.inversion_error(data, back)})
                         if dist_nfe is None or nfe in dist_nfe or sampler == "dopri5":
                             sample = x64[:n_eval].numpy()
                             if "w2" in metrics:

@@ -8,7 +8,9 @@ rescaled: x_path = (b / alpha) x_vp. So a scheduler asking for eps at (x_vp, s) 
     t = s^{-1}(s),   eps = model.epsilon((b(t) / alpha) x_vp, t)
 
 (the model's own noise prediction, by conversion from its velocity where it predicts velocity).
-One network call per eps; the NFE counter sees each. The level s(t) is inverted on a fine grid.
+One network call per eps; the NFE counter sees each. The level s(t) is inverted exactly where the path
+can (``time_of_level``: the discrete DDPM path of a pretrained model, so each scheduler's level is
+its training step), else on a fine grid.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ class EpsilonAtLevel:
         self.log_s, self.t = log_s[order], t.numpy()[order]
 
     def time_of_level(self, s: float) -> float:
+        exact = getattr(self.path, "time_of_level", None)
+        if exact is not None:
+            return exact(s)
         return float(np.interp(math.log(max(s, 1e-12)), self.log_s, self.t))
 
     def __call__(self, x_vp, s: float):

@@ -5,7 +5,9 @@ numbers that decided them, the paper's own numbers against ours (:mod:`flowrepro
 reproduced / not reproduced at a matching scale, not comparable elsewhere), a metrics table
 (mean ± std over seeds), the figures, and the provenance (config hash, git commit, library
 versions, device, FID features) read from ``provenance.json`` beside the metrics. Both pages open
-with an overview: each paper's claim counts and its paper numbers' verdicts, linked to its section.
+with an overview: each paper's claim counts and its paper numbers' verdicts, linked to its section,
+then the samplers on each pretrained network in one table (quality against counted NFE on one model:
+the only fair ordering of samplers), or why the pretrained networks did not run at this scale.
 Figures are linked relative to the report, so the results folder can be moved as a whole.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from flowrepro import io, paper_numbers, provenance
-from flowrepro.config import load_experiment, load_scale, roles
+from flowrepro.config import load_experiment, load_scale, pretrained_skipped, roles
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -62,23 +64,64 @@ def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.Data
         "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
         "wall_s": float(metrics["wall_s"].fillna(0).sum()),
         "figures": [os.path.relpath(f, report_dir) for f in figures if f.suffix == ".png"],
+        "metrics_rows": metrics,
     }
+
+
+PRETRAINED_NOTE = ("Every sampler of the experiments that list this network, on it alone, with the same noise per seed: "
+                   "mean ± std over seeds of {metric}, by counted NFE (network calls per sample). The papers' own "
+                   "numbers come from other networks, step grids and FID code; their paper numbers are compared "
+                   "in each experiment's section.")
+
+
+def pretrained_samplers(experiments: list[dict], tables: list[pd.DataFrame], scale: dict) -> list[dict]:
+    """Per pretrained network: ``{name, dataset, metric, table}`` (sampler x counted NFE, mean ± std) where it
+    ran, or ``{name, skipped}`` naming why it did not run at this scale."""
+    out: dict[str, dict] = {}
+    for experiment, table in zip(experiments, tables):
+        skipped = pretrained_skipped(experiment, scale)
+        for name, entry in experiment.get("pretrained", {}).items():
+            item = out.setdefault(name, {"name": name, "dataset": entry["dataset"], "rows": [], "experiments": []})
+            item["experiments"].append(experiment["id"])
+            if name in skipped:
+                item["skipped"] = skipped[name]
+            item["rows"].append(table[table["method"] == name])  # its straightness rows have no quality metric
+    results = []
+    for name, item in out.items():
+        rows = pd.concat(item["rows"]) if item["rows"] else pd.DataFrame()
+        metric = next((m for m in ("fid_inception", "fid_classifier", "w2") if len(rows) and (rows["metric"] == m).any()), None)
+        if metric is None:
+            results.append({"name": name, "dataset": item["dataset"], "experiments": item["experiments"],
+                            "skipped": item.get("skipped", "no sampler rows")})
+            continue
+        chosen = rows[rows["metric"] == metric].copy()
+        chosen["sampler"] = chosen["sampler"] + chosen["schedule"].map(lambda s: "" if s == "uniform" else f" ({s})")
+        chosen = chosen.drop_duplicates(["sampler", "nfe", "seed"])  # one sampler listed by two experiments ran twice alike
+        stats = chosen.groupby(["sampler", "nfe"], sort=False)["value"].agg(["mean", "std"])
+        cells = pd.Series([f"{m:.4g} ± {0 if pd.isna(sd) else sd:.2g}" for m, sd in stats.to_numpy()], index=stats.index)
+        grid = cells.unstack("nfe").reindex(columns=sorted(cells.index.get_level_values("nfe").unique(), key=float)).fillna("—")
+        grid.columns = [f"NFE {n:g}" if isinstance(n, float) else f"NFE {n}" for n in grid.columns]
+        results.append({"name": name, "dataset": item["dataset"], "experiments": item["experiments"], "metric": metric,
+                        "table": grid.reset_index()})
+    return results
 
 
 def run(scale_file: str, experiment_files: list[str], claims_files: list[str], metrics_files: list[str],
         figure_files: list[str], out_md: str, out_html: str) -> None:
     scale = load_scale(scale_file)
     report_dir = Path(out_md).parent
-    sections = []
+    sections, experiments = [], []
     for exp_file, claims_file, metrics_file in zip(experiment_files, claims_files, metrics_files):
         experiment = load_experiment(exp_file)
+        experiments.append(experiment)
         figures = sorted(p for p in _expand(figure_files) if p.parts[-3] == experiment["id"])
         sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
                                             io.read_table(metrics_file), figures, report_dir,
                                             provenance.read_for(metrics_file), scale))
     header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
-    io.write_text(out_md, render_markdown(sections, header))
-    io.write_text(out_html, render_html(sections, header))
+    pretrained = pretrained_samplers(experiments, [s["metrics_rows"] for s in sections], scale)
+    io.write_text(out_md, render_markdown(sections, header, pretrained))
+    io.write_text(out_html, render_html(sections, header, pretrained))
     print(f"report: wrote {out_md} and {out_html}")
 
 
@@ -90,10 +133,17 @@ def _expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def render_markdown(sections: list[dict], header: str) -> str:
+def render_markdown(sections: list[dict], header: str, pretrained: list[dict] = ()) -> str:
     lines = ["# flowrepro results", "", header, "", "| experiment | claims | paper's numbers |", "|---|---|---|"]
     lines += [f"| [{s['id']}](#{s['id']}) | {s['summary']} | {s['paper_summary'] or '—'} |" for s in sections]
     lines += ["", "## All claims", "", claims_table(sections)]
+    for p in pretrained:
+        lines += ["", f"## Samplers on the pretrained {p['name']} ({p['dataset']})", ""]
+        if "table" not in p:
+            lines.append(f"Not run at this scale ({', '.join(p['experiments'])}): {p['skipped']}")
+            continue
+        lines += [PRETRAINED_NOTE.format(metric=p["metric"]), "", p["table"].to_markdown(index=False)
+                  if _has_tabulate() else p["table"].to_string(index=False)]
     for s in sections:
         lines += ["", f"## {s['id']}", "", f"**{s['title']}**, {s['source']}", "",
                   f"Sampling/measurement wall time recorded: {s['wall_s']:.1f} s.", "", "### Claims", "",
@@ -160,7 +210,7 @@ def claims_table(sections: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_html(sections: list[dict], header: str) -> str:
+def render_html(sections: list[dict], header: str, pretrained: list[dict] = ()) -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flowrepro results</title><style>",
              "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
@@ -169,6 +219,10 @@ def render_html(sections: list[dict], header: str) -> str:
              "dl.prov{font-size:13px;display:grid;grid-template-columns:max-content auto;gap:2px 12px}"
              "dl.prov dt{font-weight:bold}dl.prov dd{margin:0}</style></head><body>",
              f"<h1>flowrepro results</h1><p>{esc(header)}</p>", _html_index(sections)]
+    for p in pretrained:
+        parts.append(f"<h2 id='pretrained-{esc(p['name'])}'>Samplers on the pretrained {esc(p['name'])} ({esc(p['dataset'])})</h2>")
+        parts.append(f"<p>{esc(PRETRAINED_NOTE.format(metric=p['metric']))}</p>" + p["table"].to_html(index=False, border=0)
+                     if "table" in p else f"<p>Not run at this scale ({esc(', '.join(p['experiments']))}): {esc(p['skipped'])}</p>")
     for s in sections:
         parts.append(f"<h2 id='{esc(s['id'])}'>{esc(s['id'])}</h2><p><b>{esc(s['title'])}</b>, {esc(s['source'])}</p>")
         parts.append("<h3>Claims</h3><table><tr><th>claim</th><th>status</th><th>observed</th><th>threshold</th>"

@@ -100,7 +100,10 @@ def batched(sampler_call, x0, batch: int, counter, device: str):
     return samples, nfe, wall
 
 
-def run(experiment_file: str, scale_file: str, model_files: list[str] | str, out: str, method: str | None = None) -> None:
+def run(experiment_file: str, scale_file: str, model_files: list[str] | str | None, out: str, method: str | None = None,
+        pretrained: str | None = None, data_file: str | None = None) -> None:
+    """Every sampling entry on one model: trained (``model_files``), or an acquired pretrained folder
+    (``pretrained``, the experiment's ``pretrained:`` entry ``method``, generating ``data_file``'s images)."""
     from flowrepro.config import flow_settings
     from flowrepro.registry import load_plugins
     from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
@@ -111,7 +114,15 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str, out
     experiment = bind_roles(load_experiment(experiment_file), scale, experiment_file)
     load_plugins(experiment.get("plugins", []))
     device = pick_device(scale.get("device", "auto"))
-    info, models = load_models(model_files, device)
+    if pretrained is not None:
+        if method is None or data_file is None:
+            raise ValueError(f"sample --pretrained {pretrained}: give --method (its name under pretrained:) and --data")
+        from flowrepro.models.pretrained import load_pretrained_models
+
+        info, models = load_pretrained_models(pretrained, method, data_file, scale["seeds"], device)
+        model_files = pretrained
+    else:
+        info, models = load_models(model_files, device)
     settings = flow_settings(scale, info["dataset"])
     batch = settings.get("sample_batch", settings["n_eval"])
     times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)  # the straightness grid
