@@ -16,6 +16,8 @@ from flowrepro.claims import ClaimSyntaxError, check_claim
 from flowrepro.config import ConfigError, load_experiment, load_scale
 
 CASES = settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+#: The schema cases load and validate YAML (about 7 ms each): 3,000 a schema keeps CI's budget.
+SCHEMA_CASES = settings(max_examples=3_000, deadline=None, suppress_health_check=list(HealthCheck))
 TABLE = pd.DataFrame([{"experiment": "x", "dataset": d, "method": m, "optimizer": "", "sampler": "euler", "schedule": "",
                        "nfe": n, "seed": s, "scale": "tiny", "metric": "w2", "value": 0.1 * (s + 1) * n}
                       for d in ("moons", "digits") for m in ("rf1", "rf2") for n in (1, 4) for s in range(3)])
@@ -102,7 +104,7 @@ EXPERIMENT = st.fixed_dictionaries({"id": _maybe(st.just("fz")), "title": _maybe
 
 
 @pytest.mark.slow
-@CASES
+@SCHEMA_CASES
 @given(EXPERIMENT)
 def test_experiment_schema_answers_or_names_the_error(tmp_path_factory, data):
     path = tmp_path_factory.getbasetemp() / "fz.yaml"
@@ -122,7 +124,7 @@ SCALE = st.fixed_dictionaries({"scale": _maybe(st.sampled_from(["tiny", "small",
 
 
 @pytest.mark.slow
-@CASES
+@SCHEMA_CASES
 @given(SCALE)
 def test_scale_schema_answers_or_names_the_error(tmp_path_factory, data):
     path = tmp_path_factory.getbasetemp() / "scale.yaml"

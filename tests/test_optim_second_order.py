@@ -268,8 +268,11 @@ def _lion_k_quadratic(lr: float, lam: float, b_scale: float, steps: int, sign: f
         loss.backward()
         e = opt.state[w].get("exp_avg", torch.zeros_like(x)) if w in opt.state else torch.zeros_like(x)
         h.append(lyapunov_h(loss.item(), x, -sign * e, lam, lr, (0.9, 0.99)))
+        opt.observe_loss(loss.detach())  # as the runner does: the optimizer records its own H
         opt.step()
         allowance.append(0.5 * lip * ((w.detach() - x) ** 2).sum().item())
+    if sign > 0:
+        assert opt.lyapunov == pytest.approx(h, rel=1e-12, abs=1e-12)
     return h, allowance, lip
 
 
@@ -294,3 +297,21 @@ def test_lion_k_lyapunov_decreases_on_convex_quadratic() -> None:
         assert max(h[t + 1] - h[t] for t in range(len(h) - 1)) > 1e-9  # plain monotonicity would fail
     wrong, allow, _ = _lion_k_quadratic(lr=0.01, lam=2.0, b_scale=3.0, steps=400, sign=-1.0)
     assert max(wrong[t + 1] - wrong[t] - allow[t] for t in range(len(wrong) - 1)) > 1e-4
+
+
+def test_one_optimizer_runs_under_two_labels_with_its_own_rows(tmp_path):
+    """lion_k at two lambdas: the second entry's rows carry its label, and a repeated name without one is refused."""
+    import pandas as pd
+
+    from flowrepro.optim.experiment import _optimizer_entries, run_optimizer_experiment
+
+    experiment = {"id": "labels", "problems": [{"name": "quadratic", "steps": 5, "log_every": 5}], "lr_grid": [0.01],
+                  "optimizers": [{"name": "lion_k", "kwargs": {"weight_decay": 10.0}},
+                                 {"name": "lion_k", "label": "lion_k_lambda1", "kwargs": {"weight_decay": 1.0}}]}
+    run_optimizer_experiment(experiment, {"seeds": [0], "scale": "tiny"}, str(tmp_path / "metrics.csv"))
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert set(rows["method"].dropna()) >= {"lion_k", "lion_k_lambda1"}
+    finals = rows[rows["metric"] == "max_abs_weight_times_lambda"].set_index("method")["value"]
+    assert finals["lion_k"] != finals["lion_k_lambda1"]  # each ran with its own kwargs
+    with pytest.raises(ValueError, match="appears twice"):
+        _optimizer_entries({"optimizers": ["adam", {"name": "adam"}], "lr_grid": [0.1]})

@@ -16,7 +16,7 @@ Experiment keys (``config/experiments/<id>.yaml``, ``kind: optimizer``)::
         target: {metric: loss, mode: min, reference: [adam, adamw]}
                                       #   the value the best reference reaches in the budget, in
                                       #   every seed (AlgoPerf-style; see runner.reference_target)
-    optimizers:                       # list of names or {name, lr_grid, kwargs}
+    optimizers:                       # list of names or {name, lr_grid, kwargs, label (default: name)}
       - adam
       - {name: lion, lr_grid: [1.0e-4, 3.0e-4, 1.0e-3]}
     lr_grid: [1.0e-3, 3.0e-3, 1.0e-2] # default grid for optimizers without their own
@@ -88,12 +88,16 @@ def _optimizer_entries(experiment: dict[str, Any]) -> list[dict[str, Any]]:
         if not entry["lr_grid"]:
             raise ValueError(f"optimizer {entry['name']!r}: no lr_grid (give one per optimizer or at top level)")
         entry["kwargs"] = {**shared_kwargs.get(entry["name"], {}), **entry.get("kwargs", {})}
+        entry.setdefault("label", entry["name"])  # one optimizer under several labels (lion_k at two lambdas)
         entries.append(entry)
+    labels = [e["label"] for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"optimizers: a name appears twice ({labels}); give the second a label:")
     return entries
 
 
 def _check_targets(problems: list[dict[str, Any]], optimizers: list[dict[str, Any]]) -> None:
-    names = {o["name"] for o in optimizers}
+    names = {o["label"] for o in optimizers}
     for prob in problems:
         target = prob.get("target") or {}
         if "reference" in target:
@@ -174,9 +178,13 @@ def _run(experiment: dict[str, Any], settings: dict[str, Any], out_csv: str) -> 
                 log_every=prob.get("log_every"), target=None if target and "reference" in target else target,
                 optimizer_kwargs=opt["kwargs"], problem_kwargs=prob["kwargs"],
                 experiment=exp_id, scale=scale, trajectories=paths)
+            if opt["label"] != opt["name"]:  # the rows name the entry, not the registry name it shares
+                for row in sweep:
+                    row["method"] = opt["label"]
+                    row["optimizer"] = str(row["optimizer"]).replace(opt["name"], opt["label"], 1)
             problem_rows.extend(sweep)
             best_lr = next((r["value"] for r in sweep if r["metric"] == "best_lr"), math.nan)
-            trajectories.extend({"problem": prob["name"], "optimizer": opt["name"], "seed": seed, "lr": best_lr,
+            trajectories.extend({"problem": prob["name"], "optimizer": opt["label"], "seed": seed, "lr": best_lr,
                                  "path": path} for seed, path in paths.items())
         if target and "reference" in target:
             problem_rows.extend(_reference_target_rows(problem_rows, prob["name"], target, label))

@@ -19,6 +19,11 @@ Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/clai
         sampler: name       the registered sampler (default: the label), so one sampler runs under several
                             labels with different options
         order, gamma, ...   any option the sampler function names (hb/ghvb: fractional order; bdia: gamma)
+        ems_samples, ems_lambdas   a sampler that names ``ems`` (dpm_solver_v3) gets the empirical model
+                            statistics of the case's exact model (flowrepro.samplers.dpm_solver_v3.ems_exact),
+                            computed once per (dataset, seed) from ems_samples (1024) calibration draws apart
+                            from the evaluation noise, on ems_lambdas (400) uniform lambdas; they cost closed-form
+                            eps evaluations, not model calls: an ``ems_calls`` row (sampler ems) records them
     metrics: [solver_error, w2, mmd]
     distribution_nfe: [...] NFE values at which w2/mmd are computed (exact W2 costs; default all)
     boss: {n_fine: 100, n_batch: 256}   BOSS estimation sizes
@@ -73,6 +78,18 @@ class _Case:
         self.harness, self.data_var = harness, _data_var(self.gmm)
         self._refs: dict[Any, Any] = {}
         self.boss_grids: dict[int, np.ndarray] = {}
+        self.seed, self.ems_runs = seed, {}  # (samples, lambdas) -> (EMS, seconds)
+
+    def ems(self, options: dict):
+        """DPM-Solver-v3's EMS of the exact model, from calibration draws apart from the evaluation noise."""
+        from flowrepro.samplers.dpm_solver_v3 import ems_exact, ems_grid
+
+        key = (int(options.get("ems_samples", 1024)), int(options.get("ems_lambdas", 400)))
+        if key not in self.ems_runs:
+            start = time.perf_counter()
+            ems = ems_exact(self.exact, ems_grid(key[1]), key[0], seed=20_000 + self.seed)
+            self.ems_runs[key] = (ems, time.perf_counter() - start)
+        return self.ems_runs[key][0]
 
     def reference(self, levels: tuple[float, float] | None):
         from flowrepro.samplers.diffusion import reference_endpoint
@@ -116,6 +133,8 @@ def _plan(harness: str, sampler: str, schedule: str, budget: int) -> tuple[int, 
 
 def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int | None, options: dict):
     """Returns (samples, counted nfe, reference endpoint)."""
+    import inspect
+
     import torch
 
     from flowrepro.registry import SAMPLERS, SCHEDULES
@@ -156,7 +175,11 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
             case.boss_grids.update(_boss(case, options))
         x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule, timesteps=case.boss_grids[steps])
     else:
-        x, levels = SAMPLERS.get(sampler)(model, case.noise, steps, schedule, **_named_options(SAMPLERS.get(sampler), options))
+        fn = SAMPLERS.get(sampler)
+        named = _named_options(fn, options)
+        if "ems" in inspect.signature(fn).parameters and "ems" not in named:
+            named["ems"] = case.ems(options)
+        x, levels = fn(model, case.noise, steps, schedule, **named)
     return x, model.calls, case.reference(levels)
 
 
@@ -190,7 +213,7 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
 
     from flowrepro.io import write_table
     from flowrepro.metrics.wasserstein import exact_w2
-    from flowrepro.samplers import bdia, diffusion, momentum, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
+    from flowrepro.samplers import bdia, diffusion, dpm_solver_v3, momentum, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     harness = experiment.get("harness", "vp")
@@ -251,6 +274,9 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                                 rows.append({**row, "metric": "w2", "value": exact_w2(sample, case.target)})
                             if "mmd" in metrics:
                                 rows.append({**row, "metric": "mmd", "value": mmd_rbf(sample, case.target)})
+                for (ems_n, ems_k), (ems, ems_wall) in case.ems_runs.items():  # DPM-Solver-v3's statistics, apart from NFE
+                    rows.append({**base, "dataset": dataset, "sampler": "ems", "schedule": f"n={ems_n},lambdas={ems_k}", "nfe": 0,
+                                 "seed": seed, "metric": "ems_calls", "value": ems.calls, "wall_s": round(ems_wall, 5)})
     finally:
         torch.set_num_threads(threads)
     write_table(out_csv, rows)
