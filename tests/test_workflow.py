@@ -9,7 +9,7 @@ from flowrepro.io import TIDY_COLUMNS
 
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end_then_nothing_to_do(workflow_copy):
-    # a hang guard, not a speed target (README gives the measured time): about 10-11 min here
+    # a hang guard, not a speed target (README gives the measured time): about 13-14 min here
     run = subprocess.run(["snakemake", "--cores", "2"], cwd=workflow_copy, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     results = workflow_copy / "results"
