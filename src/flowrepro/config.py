@@ -176,7 +176,7 @@ def flow_runs(experiment: dict, scale: dict) -> list[tuple[str, str]]:
 
 def flow_datasets(experiment: dict, scale: dict) -> list[str]:
     """The datasets a flow experiment's jobs read at this scale: its own and its pretrained networks'."""
-    return list(dict.fromkeys([*experiment["datasets"], *(dataset for dataset, _ in flow_runs(experiment, scale))]))
+    return list(dict.fromkeys([*experiment["datasets"], *(e["dataset"] for e in pretrained_models(experiment, scale).values())]))
 
 
 #: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).

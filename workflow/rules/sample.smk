@@ -1,11 +1,14 @@
+def sample_is_pretrained(wildcards):
+    return wildcards.model in PRETRAINED.get(wildcards.experiment, {})
+
+
 def sample_inputs(wildcards):
     """The experiment, the sampler plugins and the model: a trained model's file(s), or a pretrained
     network's acquired folder (its manifest, written last) and the data it generates."""
     inputs = {"experiment": experiment_file(wildcards), "plugins": sampler_plugin_files(wildcards)}
-    pretrained = PRETRAINED.get(wildcards.experiment, {}).get(wildcards.model)
-    if pretrained is None:
+    if not sample_is_pretrained(wildcards):
         return inputs | {"model": model_files(wildcards.experiment, wildcards.model, wildcards.dataset)}
-    weights = pretrained["weights"]
+    weights = PRETRAINED[wildcards.experiment][wildcards.model]["weights"]
     return inputs | {"weights": f"data/weights/{weights}/{weights}.sha256", "data": f"data/{wildcards.dataset}.npz"}
 
 
@@ -13,10 +16,6 @@ def sample_model_flags(wildcards, input):
     if "weights" in input.keys():
         return f"--pretrained {Path(input.weights).parent} --data {input.data}"
     return f"--model-file {input.model}"
-
-
-def sample_is_pretrained(wildcards):
-    return wildcards.model in PRETRAINED.get(wildcards.experiment, {})
 
 
 rule sample:

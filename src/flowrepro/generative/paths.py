@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flowrepro.registry import PATHS
 
@@ -78,6 +79,15 @@ class VPPath(AffinePath):
         return a, b, -b * db / a, db
 
 
+@lru_cache(maxsize=8)
+def _log_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float):
+    """One table per schedule: every network call converts through it (cached, read-only by convention)."""
+    import torch
+
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0).double().log()
+
+
 @PATHS.register("vp_discrete")
 @dataclass(frozen=True)
 class DiscreteVPPath(AffinePath):
@@ -89,10 +99,7 @@ class DiscreteVPPath(AffinePath):
 
     def log_alphas_cumprod(self):
         """log alphabar_k, k = 0..N-1, computed as diffusers' DDPMScheduler does (float32 cumprod)."""
-        import torch
-
-        betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float32)
-        return torch.cumprod(1.0 - betas, dim=0).double().log()
+        return _log_alphas_cumprod(self.num_train_timesteps, self.beta_start, self.beta_end)
 
     def timestep(self, t):
         """The (fractional) training step of time t: 0 at the data end t = 1, N - 1 at the noise end t = 0."""

@@ -29,6 +29,8 @@ class EpsilonAtLevel:
 
         self.model = model
         self.path = getattr(model, "path", None) or model.model.path
+        if hasattr(self.path, "time_of_level"):  # inverted exactly: no grid to build
+            return
         t = torch.linspace(1e-4, 1 - 1e-4, grid, dtype=torch.float64)
         a, b, _, _ = self.path.coefficients(t)
         log_s = (a / b).log().numpy()

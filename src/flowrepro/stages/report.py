@@ -64,7 +64,6 @@ def _experiment_section(experiment: dict, claims: pd.DataFrame, metrics: pd.Data
         "readings": {c["id"]: c["reading"] for c in experiment["claims"] if "reading" in c},
         "wall_s": float(metrics["wall_s"].fillna(0).sum()),
         "figures": [os.path.relpath(f, report_dir) for f in figures if f.suffix == ".png"],
-        "metrics_rows": metrics,
     }
 
 
@@ -110,16 +109,16 @@ def run(scale_file: str, experiment_files: list[str], claims_files: list[str], m
         figure_files: list[str], out_md: str, out_html: str) -> None:
     scale = load_scale(scale_file)
     report_dir = Path(out_md).parent
-    sections, experiments = [], []
+    sections, experiments, tables = [], [], []
     for exp_file, claims_file, metrics_file in zip(experiment_files, claims_files, metrics_files):
-        experiment = load_experiment(exp_file)
+        experiment, table = load_experiment(exp_file), io.read_table(metrics_file)
         experiments.append(experiment)
+        tables.append(table)
         figures = sorted(p for p in _expand(figure_files) if p.parts[-3] == experiment["id"])
         sections.append(_experiment_section(experiment, pd.read_csv(claims_file, keep_default_na=False),
-                                            io.read_table(metrics_file), figures, report_dir,
-                                            provenance.read_for(metrics_file), scale))
+                                            table, figures, report_dir, provenance.read_for(metrics_file), scale))
     header = f"scale `{scale['scale']}`, seeds {scale['seeds']}"
-    pretrained = pretrained_samplers(experiments, [s["metrics_rows"] for s in sections], scale)
+    pretrained = pretrained_samplers(experiments, tables, scale)
     io.write_text(out_md, render_markdown(sections, header, pretrained))
     io.write_text(out_html, render_html(sections, header, pretrained))
     print(f"report: wrote {out_md} and {out_html}")
