@@ -60,6 +60,13 @@ def one_of(names):
     return "|".join(names) if names else "(?!)"
 
 
+def job_settings(dataset, experiment=None):
+    """The dataset's scale section (with ``experiment``: its training settings) as train, sample, reflow-pairs and
+    evaluate jobs read it, a change re-running them: without ``ems``, the sizes only the ems job reads (ems.smk)."""
+    settings = flow_settings(SCALE, dataset) if experiment is None else training_settings(SCALE, experiment, dataset)
+    return {k: v for k, v in settings.items() if k != "ems"}
+
+
 def experiment_file(wildcards):
     return EXPERIMENT_FILES[wildcards.experiment]
 
@@ -77,6 +84,8 @@ def sampler_plugin_files(wildcards):
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/ems.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/figures.smk"

@@ -7,8 +7,11 @@ Bare forwards and sampler runs are interleaved in one process (same thermal/load
 median of ``--repeats`` rounds is reported. Target: ratio <= 1.15. On a shared, loaded machine the
 side-by-side ratio is noisy (even < 1), so the adapter's own cost per NFE is also timed with a
 zero-cost model and reported as 1 + adapter / bare, a low-variance estimate of the same ratio.
-Our own eps-model samplers (:data:`OWN`: PLMS with its Adams-Bashforth warm-up, HB, GHVB, BDIA) are
-timed the same way, called directly (they need no scheduler).
+Our own eps-model samplers (:data:`OWN`: PLMS with its Adams-Bashforth warm-up, HB, GHVB, BDIA,
+DPM-Solver-v3 with image-shaped statistics on a 400-point lambda grid, and S3's per-step-order
+DPM-Solver++ with orders 1, 2, 3, 3, ...) are timed the same way, called directly (they need no
+scheduler); the one-off costs of the statistics (``flowrepro ems``) and of the search are reported by
+those stages, not here.
 
     python benchmarks/sampler_overhead.py [--batch 32] [--steps 10] [--repeats 3]
 """
@@ -19,9 +22,11 @@ import statistics
 import time
 import warnings
 
+import numpy as np
+
 
 #: Samplers written here over the same ``eps(x, s)`` interface (flowrepro.samplers.momentum, .bdia).
-OWN = ("plms_ab", "hb", "ghvb", "bdia")
+OWN = ("plms_ab", "hb", "ghvb", "bdia", "dpm_solver_v3", "s3")
 
 
 def small_unet():
@@ -45,11 +50,23 @@ def main() -> None:
     import diffusers.utils.logging as dlog
 
     from flowrepro.registry import SAMPLERS
-    from flowrepro.samplers import bdia, momentum  # noqa: F401  (register OWN)
+    from flowrepro.samplers import bdia, dpm_solver_v3, momentum  # noqa: F401  (register OWN)
     from flowrepro.samplers import diffusion as D
     from flowrepro.samplers.nfe import NFECounter
 
+    from flowrepro.samplers import step_search
+    from flowrepro.samplers.model_statistics import EMS, ems_grid
+
+    lambdas = ems_grid(400)  # v3's cost depends on the statistics' shape, not their values
+    ems = EMS(lambdas, *(np.full((len(lambdas), 1, 8, 8), value) for value in (1.0, 0.1, 0.01)))
+    s3_entry = {"variant": "s3", "timesteps": step_search._uniform_ts(args.steps),
+                "orders": [min(i + 1, 3) for i in range(args.steps)], "afs": False}
+
     def sample(model, name: str):
+        if name == "dpm_solver_v3":
+            return SAMPLERS.get(name)(model, x, args.steps, ems=ems)
+        if name == "s3":
+            return step_search.run_entry(model, x, s3_entry)
         return SAMPLERS.get(name)(model, x, args.steps) if name in OWN else D.run_scheduler(model, x, name, args.steps)
 
     warnings.filterwarnings("ignore")

@@ -10,17 +10,12 @@ import torch
 
 from flowrepro.data.gmm import GaussianMixture, mixture
 from flowrepro.samplers.diffusion import ExactMixture, run_scheduler
-from flowrepro.samplers.dpm_solver_v3 import (EMS, alpha_sigma, cumulative_trapezoid_exp, dpm_solver_v3, ems_exact,
-                                              ems_grid)
+from flowrepro.samplers.dpm_solver_v3 import cumulative_trapezoid_exp, dpm_solver_v3
+from flowrepro.samplers.model_statistics import EMS, alpha_sigma, ems_exact, ems_grid
 from flowrepro.samplers.nfe import NFECounter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _noise(n, d, seed=0):

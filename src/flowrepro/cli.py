@@ -12,12 +12,14 @@ STAGES = """stages, in workflow order:
   acquire        make or download a dataset -> data/<name>.npz (+ .sha256)
   train          train one model of a flow experiment, all seeds or one -> results/models/<dataset>/<key>[.seed<k>].pt
   reflow-pairs   (x0, ODE(x0)) pairs from a trained model, for reflow -> results/models/<dataset>/<key>[.seed<k>].pairs.npy
+  ems            DPM-Solver-v3's empirical model statistics of one trained model -> results/<experiment>/ems/...safetensors
   sample         run every sampler of the experiment on one model, NFE counted -> samples/...npz
   evaluate       samples -> tidy metrics table results/<experiment>/metrics.csv
   classifier     train an image dataset's FID classifier -> results/classifiers/<dataset>.pt (+ .stats.npz)
   fid            FID of sample files, by the classifier's cached statistics or a local Inception weights file
   fid-reference  Inception statistics of an image dataset's training set -> results/fid_reference/<dataset>.<sha8>.npz
   benchmark      a sampler or optimizer experiment, whole grid in one job -> metrics.csv
+  search         a sampler experiment's schedule search on calibration noise -> schedules.json
   claims         check the experiment's claims on its metrics -> claims.csv
   plot           figures -> results/<experiment>/figures/*.png|pdf
   report         every experiment on one page -> results/report.md, results/report.html
@@ -80,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pretrained", help="an acquired diffusers model folder (data/weights/<name>); needs --data and --method")
     p.add_argument("--data", default=None, help="with --pretrained: the dataset it generates (its shape and data variance)")
     p.add_argument("--method", default=None, help="the model's name in this experiment (default: its name in the experiment that trained it)")
+    p.add_argument("--ems", default=None, help="the model's DPM-Solver-v3 statistics (flowrepro ems), for dpm_solver_v3 entries")
+    p.add_argument("--out", required=True)
+
+    p = stage("ems", "DPM-Solver-v3's empirical model statistics of one trained model, per seed (cached, checksummed)")
+    p.add_argument("--model-file", nargs="+", required=True, help="the model's file, or one file per seed")
+    p.add_argument("--data", required=True, help="data/<dataset>.npz: its train split holds the calibration points")
+    p.add_argument("--method", default=None, help="the model's name in this experiment")
     p.add_argument("--out", required=True)
 
     p = stage("fid", "Fréchet distance of sample files (classifier features, or Inception from a local weights file)",
@@ -118,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("benchmark", "run a sampler or optimizer experiment's whole grid")
     p.add_argument("--out", required=True)
+    p.add_argument("--schedules", default=None, help="results/<id>/schedules.json from `flowrepro search` (experiments with search:)")
+
+    p = stage("search", "search a sampler experiment's schedules on calibration noise (its search: section)")
+    p.add_argument("--out", required=True, help="results/<id>/schedules.json")
 
     p = stage("claims", "check the experiment's claims", scale=False)
     p.add_argument("--scale", default=None, help="config/scales/<scale>.yaml: maps dataset roles (images) in claims to datasets")
@@ -185,10 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         from flowrepro.stages import sample
 
         sample.reflow_pairs(args.scale, args.model_file, args.out)
+    elif args.stage == "ems":
+        from flowrepro.stages import ems
+
+        ems.run(args.experiment, args.scale, args.model_file, args.data, args.out, args.method)
     elif args.stage == "sample":
         from flowrepro.stages import sample
 
-        sample.run(args.experiment, args.scale, args.model_file, args.out, args.method, args.pretrained, args.data)
+        sample.run(args.experiment, args.scale, args.model_file, args.out, args.method, args.pretrained, args.data, args.ems)
     elif args.stage == "fid":
         from flowrepro.stages import fid
 
@@ -209,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "benchmark":
         from flowrepro.stages import benchmark
 
-        benchmark.run(args.experiment, args.scale, args.out)
+        benchmark.run(args.experiment, args.scale, args.out, args.schedules)
+    elif args.stage == "search":
+        from flowrepro.stages import search
+
+        search.run(args.experiment, args.scale, args.out)
     elif args.stage == "claims":
         from flowrepro.stages import claims
 

@@ -32,7 +32,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "loss": ("flowrepro.generative.losses",),
     "time_density": ("flowrepro.generative.losses",),
     "sampler": ("flowrepro.samplers.ode", "flowrepro.samplers.sde", "flowrepro.samplers.time_shift",
-                "flowrepro.samplers.diffusion"),
+                "flowrepro.samplers.diffusion", "flowrepro.samplers.dpm_solver_v3",
+                "flowrepro.samplers.momentum", "flowrepro.samplers.bdia"),
     "schedule": ("flowrepro.samplers.schedules", "flowrepro.samplers.schedules_extra"),
 }
 

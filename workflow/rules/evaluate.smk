@@ -24,7 +24,7 @@ def flow_classifiers(wildcards):
 
 
 def flow_experiment_settings(wildcards):
-    return {d: flow_settings(SCALE, d) for d in experiment_datasets(wildcards)} | {"seeds": SEEDS}
+    return {d: job_settings(d) for d in experiment_datasets(wildcards)} | {"seeds": SEEDS}
 
 
 # fid_inception (small, paper, smoke): training-set Inception statistics per dataset, named by the weights' sha256.
@@ -139,13 +139,20 @@ def benchmark_data(wildcards):
     return data_files(e, {"scale": SCALE["scale"], **benchmark_settings(wildcards)})
 
 
+def benchmark_schedules(wildcards):
+    """The search stage's schedule file, for sampler experiments with a search: section (workflow/rules/search.smk)."""
+    return [f"results/{wildcards.experiment}/schedules.json"] if wildcards.experiment in SEARCHED else []
+
+
 rule benchmark:
     input:
         experiment=experiment_file,
         data=benchmark_data,
         plugins=plugin_files,
+        schedules=benchmark_schedules,
     params:
         settings=benchmark_settings,  # what this job reads of the scale: a change re-runs it, other sections do not
+        schedules=lambda wildcards, input: f"--schedules {input.schedules}" if input.schedules else "",
     output:
         report(
             "results/{experiment}/metrics.csv",
@@ -161,4 +168,4 @@ rule benchmark:
         "logs/benchmarks/benchmark/{experiment}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} {FLOWREPRO} benchmark --experiment {input.experiment} --scale {SCALE_FILE}"
-        " --out {output} > {log} 2>&1"
+        " {params.schedules} --out {output} > {log} 2>&1"

@@ -7,7 +7,8 @@ def sample_inputs(wildcards):
     network's acquired folder (its manifest, written last) and the data it generates."""
     inputs = {"experiment": experiment_file(wildcards), "plugins": sampler_plugin_files(wildcards)}
     if not sample_is_pretrained(wildcards):
-        return inputs | {"model": model_files(wildcards.experiment, wildcards.model, wildcards.dataset)}
+        ems = {"ems": f"results/{wildcards.experiment}/ems/{wildcards.dataset}/{wildcards.model}.safetensors"} if needs_ems(wildcards) else {}
+        return inputs | {"model": model_files(wildcards.experiment, wildcards.model, wildcards.dataset)} | ems
     weights = PRETRAINED[wildcards.experiment][wildcards.model]["weights"]
     return inputs | {"weights": f"data/weights/{weights}/{weights}.sha256", "data": f"data/{wildcards.dataset}.npz"}
 
@@ -15,14 +16,15 @@ def sample_inputs(wildcards):
 def sample_model_flags(wildcards, input):
     if "weights" in input.keys():
         return f"--pretrained {Path(input.weights).parent} --data {input.data}"
-    return f"--model-file {input.model}"
+    ems = f" --ems {input.ems}" if "ems" in input.keys() else ""  # DPM-Solver-v3's cached statistics (ems.smk)
+    return f"--model-file {input.model}{ems}"
 
 
 rule sample:
     input:
         unpack(sample_inputs),
     params:
-        settings=lambda wildcards: flow_settings(SCALE, wildcards.dataset) | {"seeds": SEEDS},  # what this job reads of the scale: a change re-runs it, other sections do not
+        settings=lambda wildcards: job_settings(wildcards.dataset) | {"seeds": SEEDS},  # what this job reads of the scale: a change re-runs it, other sections do not
         model=sample_model_flags,
     output:
         "results/{experiment}/samples/{dataset}/{model}.npz",

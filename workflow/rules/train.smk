@@ -44,7 +44,7 @@ def model_description(wildcards):
 def train_settings(wildcards):
     """What this job reads of the scale and the recipe: a change re-runs it, other sections do not."""
     experiment, _ = owner_of(wildcards.key)
-    return training_settings(SCALE, experiment, wildcards.dataset) | {"seeds": SEEDS}
+    return job_settings(wildcards.dataset, experiment) | {"seeds": SEEDS}
 
 
 rule train:
@@ -128,7 +128,7 @@ rule reflow_pairs:
     input:
         model="results/models/{dataset}/{key}.pt",
     params:
-        settings=lambda wildcards: flow_settings(SCALE, wildcards.dataset) | {"seeds": SEEDS},  # what this job reads of the scale: a change re-runs it, other sections do not
+        settings=lambda wildcards: job_settings(wildcards.dataset) | {"seeds": SEEDS},  # what this job reads of the scale: a change re-runs it, other sections do not
     output:
         "results/models/{dataset}/{key}.pairs.npy",
     wildcard_constraints:

@@ -130,6 +130,7 @@ def bdia(model: Callable, x_t, steps: int, schedule: str = "uniform", gamma: flo
 
 
 bdia.calls_per_step = 1  # counted model calls per step (the harness plans NFE budgets with it)
+bdia.eps_sampler = True  # f(eps, x_t, steps, ...) at VE levels: runs on trained models too (trained_diffusion.is_eps_sampler)
 
 
 def bdia_round_trip(model: Callable, z0, steps: int, gamma: float = 0.5):

@@ -31,6 +31,8 @@ N = sigma eps - l x, optionally only where t > 0.5 (``half``).
 multistep with the Taylor ("heun") second-order term, i.e. diffusers' DPMSolverMultistepScheduler
 (algorithm_type dpmsolver++, solver_type heun): a correctness test (tests/test_dpm_solver_v3.py).
 
+The statistics themselves (on the exact mixture and on a network): :mod:`flowrepro.samplers.model_statistics`.
+
 Harness choices (deviations, see the experiment notes):
 
 * The EMS grid is uniform in lambda from t = 999 to t = 0 of the DDPM training schedule (official:
@@ -43,72 +45,16 @@ Harness choices (deviations, see the experiment notes):
   the EMS do not exist at lambda = infinity, so by default the last step of v3 is that same denoising
   step, x0 = (x - sigma eps) / alpha from the last (corrected) point; ``denoise_to_zero=False`` ends
   at the grid's end (t = 0, s ~ 0.01) with a v3 step instead, as the official code does (t_end > 0).
-* l is the exact Jacobian diagonal (d forward-mode JVPs of the closed-form eps per lambda), not
-  Hutchinson's estimate; l' is the finite difference of l on the grid (np.gradient, second order);
-  f' is one JVP of sigma eps / alpha in (x, lambda) along (dx/dlambda, 1). All float64, with the same
-  calibration draws (x0, z) at every lambda (common random numbers: smooth EMS in lambda).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from flowrepro.registry import SAMPLERS
-
-
-@dataclass
-class EMS:
-    """Empirical model statistics on an ascending lambda grid: l, s, b have shape (K, d)."""
-
-    lambdas: np.ndarray
-    l: np.ndarray  # noqa: E741  (the paper's name)
-    s: np.ndarray
-    b: np.ndarray
-    calls: int = 0  # batched eps evaluations (forward or JVP, n_samples draws each) spent on the EMS
-
-    @classmethod
-    def degenerate(cls, lambdas: np.ndarray, dim: int) -> EMS:
-        """l = 1, s = b = 0: v3 reduces to DPM-Solver++ multistep."""
-        shape = (len(lambdas), dim)
-        return cls(np.asarray(lambdas, dtype=np.float64), np.ones(shape), np.zeros(shape), np.zeros(shape))
-
-
-def alpha_sigma(lam):
-    """VP (alpha, sigma) at half-logSNR lambda (floats, arrays or tensors)."""
-    if isinstance(lam, (float, int, np.floating, np.ndarray)):
-        lam = np.asarray(lam, dtype=np.float64)
-        return np.sqrt(1.0 / (1.0 + np.exp(-2 * lam))), np.sqrt(1.0 / (1.0 + np.exp(2 * lam)))
-    import torch
-
-    return torch.sqrt(torch.sigmoid(2 * lam)), torch.sqrt(torch.sigmoid(-2 * lam))
-
-
-def training_lambdas() -> np.ndarray:
-    """lambda = -log(VE sigma) of the training steps t = 999 .. 0 (ascending), as ddim_levels computes s."""
-    from flowrepro.samplers.diffusion import training_alphas_cumprod
-
-    acp = training_alphas_cumprod()
-    return np.array([-math.log(math.sqrt((1 - float(a)) / float(a))) for a in acp[::-1]])
-
-
-def ems_grid(n_uniform: int = 400, steps=()) -> np.ndarray:
-    """Ascending lambda grid from t = 999 to t = 0: ``n_uniform`` uniform points (the official grid),
-    united with the levels of DDIM's trailing grid for each step count in ``steps`` (then those run
-    on their exact levels: the tests' DPM-Solver++ comparison)."""
-    from flowrepro.samplers.momentum import ddim_levels
-
-    train = training_lambdas()
-    grid = np.linspace(train[0], train[-1], n_uniform)
-    extra = [-math.log(s) for n in steps for s in ddim_levels(int(n))[:-1]]
-    if extra:
-        grid = np.unique(np.concatenate([grid, extra]))
-        grid = grid[np.concatenate([[True], np.diff(grid) > 1e-9])]
-        for value in extra:  # exact values for the step levels
-            grid[np.argmin(np.abs(grid - value))] = value
-    return grid
+from flowrepro.samplers.model_statistics import EMS, alpha_sigma, ems_grid
 
 
 def cumulative_trapezoid_exp(a, x, b=None):
@@ -123,95 +69,6 @@ def cumulative_trapezoid_exp(a, x, b=None):
     values = np.exp(a - top) * (1.0 if b is None else np.asarray(b, dtype=np.float64))
     pieces = 0.5 * (x[1:] - x[:-1]) * (values[1:] + values[:-1])
     return np.concatenate([np.zeros_like(values[:1]), np.cumsum(pieces, axis=0)], axis=0) * np.exp(top)
-
-
-def eps_jacobian_diagonal(exact_mixture, x, alpha: float, sigma: float):
-    """diag(d eps / d x) of the mixture's exact eps at (alpha, sigma), in closed form, shape (n, d).
-
-    With e_k = sigma C_k^{-1} (x - alpha mu_k) and responsibilities r_k (grad r_k = -r_k (e_k - eps) / sigma),
-    eps = sum_k r_k e_k and d eps/dx = sigma sum_k r_k C_k^{-1} - (sum_k r_k e_k e_k^T - eps eps^T) / sigma.
-    """
-    import torch
-
-    em = exact_mixture
-    x64 = x.to(torch.float64)
-    var = alpha * alpha * em.lam + sigma * sigma  # (K, d)
-    proj = torch.einsum("nkd,kde->nke", x64[:, None, :] - alpha * em.means, em.vecs)
-    resp = torch.softmax(-0.5 * (proj * proj / var).sum(-1) - 0.5 * torch.log(var).sum(-1) + em.log_w, dim=-1)
-    e_k = sigma * torch.einsum("nke,kde->nkd", proj / var, em.vecs)  # (n, K, d)
-    eps = (resp[..., None] * e_k).sum(1)
-    inv_diag = torch.einsum("kde,ke->kd", em.vecs * em.vecs, 1.0 / var)  # diag(C_k^{-1})
-    return sigma * resp @ inv_diag - ((resp[..., None] * e_k * e_k).sum(1) - eps * eps) / sigma
-
-
-def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0, diagonal: str = "closed_form") -> EMS:
-    """The EMS of the exact eps of a Gaussian mixture (:class:`~flowrepro.samplers.diffusion.ExactMixture`).
-
-    App. C.1.1 of the paper, on ``n_samples`` calibration draws x = alpha x0 + sigma z (x0 from the
-    mixture, z ~ N(0, I), the same draws at every lambda, from ``seed``):
-
-    * l = E[sigma diag(d eps/dx)], the diagonal exactly: ``diagonal="closed_form"`` differentiates the
-      mixture posterior by hand (:func:`eps_jacobian_diagonal`, one evaluation), ``"jvp"`` takes one
-      forward-mode JVP per coordinate (d evaluations; the tests check the two agree);
-    * f = (sigma eps - l x) / alpha and f' its total lambda-derivative along the ODE
-      dx/dlambda = sigma^2 x - sigma eps: with G = sigma eps / alpha and u = x / alpha,
-      f' = G' - l' u + l G (G' one JVP along (dx/dlambda, 1); l' the finite difference of l);
-    * s = Cov(f, f') / Var(f), b = E f' - s E f per dimension (s = 0 where Var f = 0).
-
-    Cache-free and float64; the evaluations are closed-form eps calls (autograd through
-    ExactMixture.posterior), counted in ``EMS.calls``, not in any sampler's NFE.
-    """
-    import torch
-    from torch.func import jvp, vmap
-
-    lambdas = ems_grid() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    gen = np.random.default_rng(seed)
-    x0 = torch.as_tensor(exact_mixture.gmm.sample(n_samples, gen), dtype=torch.float64)
-    z = torch.as_tensor(gen.standard_normal(x0.shape), dtype=torch.float64)
-    dim = x0.shape[1]
-    basis = torch.eye(dim, dtype=torch.float64)[:, None, :].expand(dim, n_samples, dim)
-    if diagonal not in ("closed_form", "jvp"):
-        raise ValueError(f"diagonal {diagonal!r}: closed_form or jvp")
-
-    def eps_at(x, lam):
-        alpha, sigma = alpha_sigma(lam)
-        return exact_mixture.posterior(x, alpha, sigma)[1]
-
-    def scaled_eps(x, lam):  # G = sigma eps / alpha = e^{-lambda} eps
-        return torch.exp(-lam) * eps_at(x, lam)
-
-    l_rows, firsts = [], []
-    calls = 0
-    for lam_value in lambdas:
-        lam = torch.tensor(float(lam_value), dtype=torch.float64)
-        alpha, sigma = alpha_sigma(lam)
-        x = alpha * x0 + sigma * z
-        if diagonal == "jvp":
-            columns = vmap(lambda v: jvp(lambda y: eps_at(y, lam), (x,), (v,))[1])(basis)  # (d, n, d): J e_j
-            diag = torch.diagonal(columns, dim1=0, dim2=2)  # (n, d): d eps_i / d x_i
-            calls += dim
-        else:
-            diag = eps_jacobian_diagonal(exact_mixture, x, float(alpha), float(sigma))
-            calls += 1
-        l_rows.append((sigma * diag).mean(0))
-        eps = eps_at(x, lam)
-        velocity = sigma**2 * x - sigma * eps  # dx/dlambda on the PF-ODE
-        value, total = jvp(scaled_eps, (x, lam), (velocity, torch.ones((), dtype=torch.float64)))
-        firsts.append((x / alpha, value, total))
-        calls += 2
-    l = torch.stack(l_rows).numpy()  # noqa: E741
-    dl = np.gradient(l, lambdas, axis=0)
-    s_rows, b_rows = [], []
-    for k, (u, g_value, g_total) in enumerate(firsts):
-        lk, dlk = torch.as_tensor(l[k]), torch.as_tensor(dl[k])
-        f = g_value - lk * u
-        df = g_total - dlk * u + lk * g_value
-        fc, dfc = f - f.mean(0), df - df.mean(0)
-        var, cov = (fc * fc).mean(0), (fc * dfc).mean(0)
-        s = torch.where(var > 0, cov / torch.where(var > 0, var, torch.ones_like(var)), torch.zeros_like(var))
-        s_rows.append(s)
-        b_rows.append(df.mean(0) - s * f.mean(0))
-    return EMS(lambdas, l, torch.stack(s_rows).numpy(), torch.stack(b_rows).numpy(), calls)
 
 
 class _Integrals:
@@ -239,7 +96,7 @@ class _Integrals:
         """int_{lam_s}^{lam_t} e^{L+S-L_s-S_s} (lam - lam_s)^k / k! by the trapezoid rule, shape (d,)."""
         a = self.L[i_s:i_t + 1] + self.S[i_s:i_t + 1] - self.L[i_s] - self.S[i_s]
         x = self.lam[i_s:i_t + 1]
-        weight = ((x - x[0]) ** k / math.factorial(k))[:, None]
+        weight = ((x - x[0]) ** k / math.factorial(k)).reshape((-1,) + (1,) * (a.ndim - 1))  # any data shape
         return cumulative_trapezoid_exp(a, x, np.broadcast_to(weight, a.shape))[-1]
 
 
@@ -293,17 +150,20 @@ def _update(ints: _Integrals, points: list[tuple], i_t: int, order: int, pseudo:
 def dpm_solver_v3(model: Callable, x_t, steps: int, schedule: str = "uniform", ems: EMS | None = None, order: int = 2,
                   use_corrector: bool = True, predictor_pseudo: bool = False, corrector_pseudo: bool = False,
                   lower_order_final: bool = True, half: bool = False, degenerated: bool = False,
-                  denoise_to_zero: bool = True):
+                  denoise_to_zero: bool = True, n_calibration: int | None = None, ems_lambdas: int | None = None,
+                  ems_batch: int | None = None):
     """DPM-Solver-v3 multistep predictor(-corrector), one model call per step.
 
     ``model(x_vp, s)`` is eps at VE sigma s; ``x_t`` VP noise at t = 999. The time grid is DDIM's
     trailing grid (:func:`~flowrepro.samplers.momentum.ddim_levels`, the grid of every harness
-    scheduler), snapped to the EMS grid. ``ems`` comes from :func:`ems_exact` (the experiment runner
+    scheduler), snapped to the EMS grid. ``ems`` comes from :func:`~flowrepro.samplers.model_statistics.ems_exact` (the experiment runner
     computes it once per dataset case from calibration draws); ``degenerated=True`` uses l = 1,
     s = b = 0 (DPM-Solver++). Options as the official ``DPM_Solver_v3.sample``: ``order`` (1-3),
     ``predictor_pseudo`` / ``corrector_pseudo`` (pseudo-order), ``use_corrector``, ``lower_order_final``,
     ``half`` (correct only where the continuous time t = (step + 1) / 1000 > 0.5). Returns (x at the
     final level, VP space; (first, final) VE sigma), like :func:`~flowrepro.samplers.diffusion.run_scheduler`.
+    ``n_calibration``, ``ems_lambdas``, ``ems_batch``: the sizes of a trained model's EMS, read by
+    ``flowrepro ems`` (:mod:`flowrepro.stages.ems`) from a sampling entry; unused here.
     """
     import torch
 
@@ -360,4 +220,4 @@ def dpm_solver_v3(model: Callable, x_t, steps: int, schedule: str = "uniform", e
 
 dpm_solver_v3.calls_per_step = 1
 
-__all__ = ["EMS", "cumulative_trapezoid_exp", "dpm_solver_v3", "eps_jacobian_diagonal", "ems_exact", "ems_grid", "training_lambdas"]
+__all__ = ["cumulative_trapezoid_exp", "dpm_solver_v3"]

@@ -20,13 +20,22 @@ Experiment keys (config/experiments/<id>.yaml, besides id/title/source/kind/clai
                             labels with different options
         order, gamma, ...   any option the sampler function names (hb/ghvb: fractional order; bdia: gamma)
         ems_samples, ems_lambdas   a sampler that names ``ems`` (dpm_solver_v3) gets the empirical model
-                            statistics of the case's exact model (flowrepro.samplers.dpm_solver_v3.ems_exact),
+                            statistics of the case's exact model (flowrepro.samplers.model_statistics.ems_exact),
                             computed once per (dataset, seed) from ems_samples (1024) calibration draws apart
                             from the evaluation noise, on ems_lambdas (400) uniform lambdas; they cost closed-form
                             eps evaluations, not model calls: an ``ems_calls`` row (sampler ems) records them
+        search: name        with schedule ``searched``: run the entry ``name`` of the experiment's ``search:``
+                            section (flowrepro.samplers.step_search) found for this (dataset, seed, NFE budget),
+                            read from settings["schedules_file"] (else searched in-process); ``search_calls``
+                            rows (sampler = search name) record the search's own model calls, apart from NFE
+        chains, rounds, skp, eta, n_levels, integrator, ...   dlg (flowrepro.samplers.dlg): a distribution sampler,
+                            no solver_error; extra rows nfe_total (burn-in included), sigma_posterior_evals, start_sigma
     metrics: [solver_error, w2, mmd]
     distribution_nfe: [...] NFE values at which w2/mmd are computed (exact W2 costs; default all)
     boss: {n_fine: 100, n_batch: 256}   BOSS estimation sizes
+    guidance: {scale: [7.5, 10], classes: 2, unguided: true}   classifier-free guidance on a class-conditional
+                            mixture (flowrepro.samplers.guidance): each dataset also runs at each w as dataset "<name>_w<w>"
+                            (gmm2d_w10), with the guided ODE's reference; metric divergence_rate (flowrepro.metrics.divergence)
 
 Settings (the scale file's ``samplers:`` section, plus scale and seeds): n_samples (1000), n_eval
 (500 samples for w2/mmd), threads (1: the harness is many tiny ops; a second thread only contends).
@@ -82,7 +91,7 @@ class _Case:
 
     def ems(self, options: dict):
         """DPM-Solver-v3's EMS of the exact model, from calibration draws apart from the evaluation noise."""
-        from flowrepro.samplers.dpm_solver_v3 import ems_exact, ems_grid
+        from flowrepro.samplers.model_statistics import ems_exact, ems_grid
 
         key = (int(options.get("ems_samples", 1024)), int(options.get("ems_lambdas", 400)))
         if key not in self.ems_runs:
@@ -109,6 +118,8 @@ def _plan(harness: str, sampler: str, schedule: str, budget: int) -> tuple[int, 
     from flowrepro.registry import SAMPLERS
     from flowrepro.samplers import diffusion, ode
 
+    if schedule == "searched":  # step_search entries are keyed by their NFE budget (the counter has the truth)
+        return budget, budget
     if harness == "flow":
         declared = getattr(SAMPLERS.get(sampler), "calls_per_step", None) if sampler in SAMPLERS else None
         per_step = declared or ode.CALLS_PER_STEP.get(sampler, 1)  # a plugin solver declares its own cost
@@ -141,6 +152,10 @@ def _run_once(case: _Case, harness: str, sampler: str, schedule: str, steps: int
     from flowrepro.samplers.nfe import NFECounter
 
     model = NFECounter(case.exact.velocity if harness == "flow" else case.exact.eps)
+    if schedule == "searched":  # a schedule found by flowrepro.samplers.step_search on calibration noise
+        from flowrepro.samplers.step_search import run_searched
+        x, levels = run_searched(model, case, sampler, steps, options)
+        return x, model.calls, case.reference(levels)
     if sampler == "dopri5":
         rtol = float(options["rtol"])
         if harness == "flow":
@@ -212,8 +227,11 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
     import torch
 
     from flowrepro.io import write_table
+    from flowrepro.metrics.divergence import divergence_rate, mixture_radius
     from flowrepro.metrics.wasserstein import exact_w2
     from flowrepro.samplers import bdia, diffusion, dpm_solver_v3, momentum, ode, schedules, schedules_extra, time_shift  # noqa: F401  (register)
+    from flowrepro.samplers import dlg, step_search
+    from flowrepro.samplers.guidance import guide, guided_cases
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     harness = experiment.get("harness", "vp")
@@ -226,20 +244,23 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
     dist_nfe = set(experiment.get("distribution_nfe", [])) or None
     n, n_eval = int(settings.get("n_samples", 1000)), int(settings.get("n_eval", 500))
     base = {"experiment": experiment["id"], "method": "exact", "optimizer": "", "scale": settings.get("scale", "")}
+    searched = step_search.load_or_search(experiment, settings)  # [] without a search: section
     rows: list[dict[str, Any]] = []
     try:
-        for dataset in experiment.get("datasets", ["gmm2d"]):
+        for dataset, case_name, cfg_w in guided_cases(experiment):  # case_name: the rows' dataset (<dataset>_w<w> when guided)
             for seed in settings.get("seeds", [0]):
                 case = _Case(dataset, seed, harness, n, n_eval)
+                case.searched = step_search.entries_for(searched, dataset, seed)  # (search, nfe) -> entry
+                guide(case, cfg_w, experiment)  # the guided model (and so its references) at scale w
                 for metric, fn in (("w2", exact_w2), ("mmd", mmd_rbf)):
                     if metric in metrics:
-                        rows.append({**base, "dataset": dataset, "sampler": "target", "schedule": "", "nfe": 0,
+                        rows.append({**base, "dataset": case_name, "sampler": "target", "schedule": "", "nfe": 0,
                                      "seed": seed, "metric": metric, "value": fn(case.target2, case.target), "wall_s": 0.0})
                 for label, options in experiment["samplers"].items():
                     options = {**experiment.get("boss", {}), **(options or {})}  # BOSS sizes reach _boss
                     sampler = options.get("sampler", label)  # one registered sampler under several labels (hb 3.8, hb 3.5)
                     settings_list = ([("rtol=%g" % r, None, {**options, "rtol": r}) for r in options.get("rtol", [1e-3])]
-                                     if sampler == "dopri5" else
+                                     if sampler == "dopri5" else [("dlg", None, options)] if sampler == "dlg" else
                                      [(sch, b, options) for sch in options.get("schedules", experiment.get("schedules", ["uniform"]))
                                       for b in options.get("nfe", experiment.get("nfe", DEFAULT_NFE))])
                     done: set[tuple[str, int]] = set()
@@ -250,7 +271,12 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                         steps = None if plan is None else plan[0]
                         start = time.perf_counter()
                         try:
-                            x, nfe, ref = _run_once(case, harness, sampler, schedule, steps, opts)
+                            extra: dict[str, float] = {}  # metric rows a sampler reports itself (dlg: nfe_total, ...)
+                            if sampler == "dlg":  # a distribution sampler (persistent chains): no PF-ODE reference
+                                x, nfe, extra = dlg.dlg_for_case(case, opts, n_eval)
+                                ref = None
+                            else:
+                                x, nfe, ref = _run_once(case, harness, sampler, schedule, steps, opts)
                         except Exception as error:  # noqa: BLE001  (a scheduler that cannot take this setting)
                             print(f"skip {dataset} {sampler} {schedule} nfe<={budget}: {type(error).__name__}: {error}")
                             continue
@@ -258,24 +284,29 @@ def run_sampler_experiment(experiment: dict, settings: dict, out_csv: str) -> No
                         if (schedule, nfe) in done:
                             continue
                         done.add((schedule, nfe))
-                        row = {**base, "dataset": dataset, "sampler": label, "schedule": schedule, "nfe": nfe,
+                        row = {**base, "dataset": case_name, "sampler": label, "schedule": schedule, "nfe": nfe,
                                "seed": seed, "wall_s": round(wall, 5)}
                         x64 = x.to(torch.float64)
-                        if "solver_error" in metrics:
+                        if "solver_error" in metrics and ref is not None:  # dlg has no reference endpoint
                             rows.append({**row, "metric": "solver_error", "value": float((x64 - ref.to(torch.float64)).norm(dim=-1).mean())})
+                        if "divergence_rate" in metrics:  # fraction of samples beyond 3x the data radius
+                            rows.append({**row, "metric": "divergence_rate", "value": divergence_rate(x64.numpy(), mixture_radius(dataset))})
                         if "inversion_error" in metrics and sampler in bdia.ROUND_TRIPS:  # data -> noise -> data, same steps
                             data = torch.as_tensor(case.target, dtype=torch.float64)
                             trip = bdia.ROUND_TRIPS[sampler]
                             back = trip(case.exact.eps, data, steps, **_named_options(trip, opts))
                             rows.append({**row, "metric": "inversion_error", "value": bdia.inversion_error(data, back)})
-                        if dist_nfe is None or nfe in dist_nfe or sampler == "dopri5":
+                        if dist_nfe is None or nfe in dist_nfe or sampler in ("dopri5", "dlg"):
                             sample = x64[:n_eval].numpy()
                             if "w2" in metrics:
                                 rows.append({**row, "metric": "w2", "value": exact_w2(sample, case.target)})
                             if "mmd" in metrics:
                                 rows.append({**row, "metric": "mmd", "value": mmd_rbf(sample, case.target)})
+                        for metric, value in extra.items():
+                            rows.append({**row, "metric": metric, "value": value})
+                rows.extend(step_search.search_rows(base, case_name, seed, case.searched))  # the search's own calls, apart from NFE
                 for (ems_n, ems_k), (ems, ems_wall) in case.ems_runs.items():  # DPM-Solver-v3's statistics, apart from NFE
-                    rows.append({**base, "dataset": dataset, "sampler": "ems", "schedule": f"n={ems_n},lambdas={ems_k}", "nfe": 0,
+                    rows.append({**base, "dataset": case_name, "sampler": "ems", "schedule": f"n={ems_n},lambdas={ems_k}", "nfe": 0,
                                  "seed": seed, "metric": "ems_calls", "value": ems.calls, "wall_s": round(ems_wall, 5)})
     finally:
         torch.set_num_threads(threads)

@@ -185,6 +185,7 @@ def generalized_heavy_ball(model: Callable, x_t, steps: int, schedule: str = "un
 
 for _fn in (plms, heavy_ball, generalized_heavy_ball):
     _fn.calls_per_step = 1  # counted model calls per step: what the harness plans an NFE budget with
+    _fn.eps_sampler = True  # f(eps, x_t, steps, ...) at VE levels: runs on trained models too (trained_diffusion.is_eps_sampler)
 
 __all__ = ["AB_WEIGHTS", "GHVB_WEIGHTS", "adams_bashforth", "ddim_levels", "generalized_heavy_ball", "ghvb_combination",
            "heavy_ball", "plms", "split_order"]

@@ -14,6 +14,7 @@ its training step), else on a fine grid.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -51,6 +52,115 @@ class EpsilonAtLevel:
         _, b, _, _ = self.path.coefficients(t[:1].double())
         alpha = 1.0 / math.sqrt(1.0 + s * s)
         return self.model.epsilon(x_vp * (float(b) / alpha), t)
+
+
+class EpsilonOfLambda:
+    """``(x_vp, lam) -> eps`` differentiable in x and in lambda = -log s (forward mode), for the EMS.
+
+    The level's time t(lambda) is found numerically (``time_of_level``), so its derivative is put in
+    by hand: t = t0 + (lam - lam0) / (dlambda/dt)(t0), value t0 and the exact slope, with
+    dlambda/dt = b'/b - a'/a from the path's own coefficients (lambda = log b - log a). Then, as
+    :class:`EpsilonAtLevel`, eps = model.epsilon((b(t) / alpha(lam)) x_vp, t).
+    """
+
+    def __init__(self, model, grid: int = 20001) -> None:
+        self.at_level = EpsilonAtLevel(model, grid)
+        self.model, self.path = model, self.at_level.path
+
+    def __call__(self, x_vp, lam):
+        import torch
+
+        lam0 = float(lam.detach()) if hasattr(lam, "detach") else float(lam)
+        t0 = torch.tensor([self.at_level.time_of_level(math.exp(-lam0))], dtype=torch.float64)
+        a0, b0, da0, db0 = self.path.coefficients(t0)
+        t = t0 + (lam - lam0) / float(db0 / b0 - da0 / a0)  # value t0, derivative dt/dlambda
+        _, b, _, _ = self.path.coefficients(t)
+        alpha = torch.sqrt(torch.sigmoid(2 * torch.as_tensor(lam, dtype=torch.float64)))
+        scale = (b / alpha).to(x_vp.dtype).reshape(-1, *([1] * (x_vp.dim() - 1)))
+        return self.model.epsilon(x_vp * scale, t.to(x_vp.dtype).expand(x_vp.shape[0]))
+
+
+def network_ems(model, data, lambdas, seed: int = 0, batch: int | None = None):
+    """DPM-Solver-v3's EMS of a trained model (:func:`~flowrepro.samplers.model_statistics.ems_network`,
+    Hutchinson l) from calibration data points ``data``; diffusers attention runs on the math SDPA
+    kernel (the fused kernels have no forward-mode derivative)."""
+    from flowrepro.samplers.model_statistics import ems_network
+
+    with forward_ad_safe():
+        return ems_network(EpsilonOfLambda(model), lambdas, data, seed=seed, batch=batch)
+
+
+def _group_norm(self, x):
+    """torch.nn.GroupNorm's forward written out (same values): torch's group_norm forward-mode rule
+    views a tangent that convolutions leave non-contiguous and fails; reshape does not."""
+    import torch
+
+    y = x.reshape(x.shape[0], self.num_groups, -1)
+    y = ((y - y.mean(-1, keepdim=True)) * torch.rsqrt(y.var(-1, unbiased=False, keepdim=True) + self.eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return y * self.weight.reshape(shape) + self.bias.reshape(shape) if self.affine else y
+
+
+@contextlib.contextmanager
+def forward_ad_safe():
+    """Forward-mode AD through diffusers' UNet: the math SDPA kernel (the fused ones have no forward
+    derivative) and the written-out GroupNorm, for the duration of the block."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    original = torch.nn.GroupNorm.forward
+    torch.nn.GroupNorm.forward = _group_norm
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.nn.GroupNorm.forward = original
+
+
+#: Eps-model samplers registered before the ``eps_sampler`` marker existed (their modules are not
+#: edited here); every other one carries ``eps_sampler = True`` beside its ``calls_per_step``.
+MARKED_HERE = ("dpm_solver_v3",)
+
+
+def is_eps_sampler(name: str) -> bool:
+    """Whether the registered sampler ``name`` is an eps-model sampler ``f(eps, x_t, steps, schedule, **options)
+    -> (x, levels)`` with ``eps(x_vp, s)`` at VE level s: it then runs on any trained model through
+    :class:`EpsilonAtLevel` (:func:`sample_eps`)."""
+    from flowrepro import pieces
+
+    samplers = pieces.table("sampler")  # the built-in samplers registered (pieces.BUILTINS)
+    return name in MARKED_HERE or (name in samplers and getattr(samplers.get(name), "eps_sampler", False))
+
+
+def sample_eps(sampler, model, x0, steps: int, **options):
+    """An eps-model ``sampler`` (:func:`is_eps_sampler`) on a trained model: VP noise x0 at t = 999 to data,
+    ``steps`` steps of ``sampler.calls_per_step`` network calls each (the counter around ``model`` sees each)."""
+    x, _ = sampler(EpsilonAtLevel(model), x0, steps, **options)
+    return x
+
+
+def sample_dpm_solver_v3(model, x0, steps: int, ems, **options):
+    """DPM-Solver-v3 (:func:`~flowrepro.samplers.dpm_solver_v3.dpm_solver_v3`) on a trained model with its
+    EMS: VP noise x0 at t = 999 to data, one network call per step."""
+    from flowrepro.samplers.dpm_solver_v3 import dpm_solver_v3
+
+    return sample_eps(dpm_solver_v3, model, x0, steps, ems=ems, **options)
+
+
+def float64_copy(model):
+    """A float64 copy of a loaded model (trained: ``model.network``; pretrained: its ``network.unet``), for
+    round trips whose exactness float32 rounding would hide (BDIA's inverse amplifies it by ~1/gamma a step)."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model)
+    inner = getattr(twin, "network", None)
+    module = inner if isinstance(inner, torch.nn.Module) else getattr(inner, "unet", None)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{type(model).__name__}: no network module to convert to float64")
+    module.double()
+    return twin
 
 
 def steps_for_budget(name: str, nfe: int, schedule: str = "uniform") -> int:

@@ -26,11 +26,13 @@ def _kind(experiment: dict, experiment_file: str):
     return importlib.import_module(module), run_name, plot_name, section
 
 
-def run(experiment_file: str, scale_file: str, out: str) -> None:
+def run(experiment_file: str, scale_file: str, out: str, schedules: str | None = None) -> None:
     experiment, scale = load_experiment(experiment_file), load_scale(scale_file)
     load_plugins(experiment.get("plugins", []))
     module, run_name, _, section = _kind(experiment, experiment_file)
     settings = {"scale": scale["scale"], "seeds": benchmark_seeds(experiment, scale), **scale.get(section, {})}
+    if schedules:  # `flowrepro search`'s schedule file (sampler experiments with a search: section)
+        settings["schedules_file"] = schedules
     getattr(module, run_name)(experiment, settings, out)
     provenance.write_for(out, experiment_file, scale_file, device=_devices(settings))
     print(f"benchmark: wrote {out}")

@@ -9,7 +9,9 @@ statistics, on the first ``fid_inception/samples`` of each run, see
 directions of fixed seed 0; unbiased squared MMD, Gaussian kernel at the test set's median
 distance, on fixed random subsets of at most ``MMD_MAX_POINTS`` points; see
 :mod:`flowrepro.metrics`; on images one median bandwidth in pixel space means little and
-fid_classifier covers them); solver_error, the mean distance of each run's samples to a fine solve
+fid_classifier covers them); inversion_error, mean_n ||z0_n - z0'_n|| between
+the first samples z0 of a run whose sampler has a round trip (bdia, ddim) and their data -> noise
+-> data round trip through the network in float64 (written by the sample stage); solver_error, the mean distance of each run's samples to a fine solve
 of the model's own ODE from the same noise, where the experiment asks for that ``reference:``;
 straightness (S(Z) of rectified flow, 0 only for straight paths at constant speed), arc_chord_gap
 (E[1 - chord / arc length], 0 for any straight path whatever its speed) and transport_cost from
@@ -116,6 +118,11 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         for metric, value in quality(generated, dataset, test).items():
             rows.append({**row, "metric": metric, "value": value})
         rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
+        if run_info.get("calibration_nfe"):  # BOSS's or DPM-Solver-v3's one-off model calls, apart from the NFE
+            rows.append({**row, "metric": "calibration_calls", "value": float(run_info["calibration_nfe"])})
+        if "roundtrip_key" in run_info:  # data -> noise -> data of the run's first samples (sample._round_trip)
+            back = samples[run_info["roundtrip_key"]]
+            rows.append({**row, "metric": "inversion_error", "value": inversion_error(generated[:len(back)], back)})
         reference_key = f"reference/seed{run_info['seed']}"
         if reference_key in samples.files:  # mean distance to the fine solve of the same ODE from the same noise
             gap = generated - samples[reference_key]
@@ -129,6 +136,12 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         rows.append({**row, "metric": "arc_chord_gap", "value": arc_chord_gap(trajectory)})
         rows.append({**row, "metric": "transport_cost", "value": transport_cost(trajectory)})
     return rows
+
+
+def inversion_error(z0: np.ndarray, back: np.ndarray) -> float:
+    """mean_n ||z0_n - z0'_n|| over flattened points, in float64 (:func:`flowrepro.samplers.bdia.inversion_error`)."""
+    gap = z0.astype(np.float64) - back.astype(np.float64)
+    return float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())
 
 
 def _check_size(data_path: str, arrays: dict, n_eval: int, settings: dict, scale_file: str) -> None:

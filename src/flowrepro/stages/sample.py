@@ -52,6 +52,14 @@ def sampler_runs(label: str, options: dict):
     if name in diffusion.SCHEDULERS:  # a diffusers scheduler on the trained model (trained_diffusion)
         return name, [(schedule, {"scheduler": name, "steps": trained_diffusion.steps_for_budget(name, nfe, schedule),
                                   "schedule": schedule}) for nfe in options["nfe"]]
+    if trained_diffusion.is_eps_sampler(name):  # our own eps-model samplers, on the network through EpsilonAtLevel
+        if name == "dpm_solver_v3":  # its EMS sizes are the ems stage's, not the solver's (stages/ems.py)
+            from flowrepro.stages.ems import ems_settings
+
+            sampler_options = ems_settings(options)[1]
+        calls = SAMPLERS.get(name).calls_per_step
+        return name, [(schedule, {"steps": max(1, nfe // calls), "schedule": schedule, **sampler_options})
+                      for nfe in options["nfe"]]
     if name == "ddim_ts":  # one model call per step
         return name, [(schedule, {"steps": nfe, **extra}) for nfe in options["nfe"]]
     if "rtol" in options:
@@ -101,9 +109,10 @@ def batched(sampler_call, x0, batch: int, counter, device: str):
 
 
 def run(experiment_file: str, scale_file: str, model_files: list[str] | str | None, out: str, method: str | None = None,
-        pretrained: str | None = None, data_file: str | None = None) -> None:
+        pretrained: str | None = None, data_file: str | None = None, ems_file: str | None = None) -> None:
     """Every sampling entry on one model: trained (``model_files``), or an acquired pretrained folder
-    (``pretrained``, the experiment's ``pretrained:`` entry ``method``, generating ``data_file``'s images)."""
+    (``pretrained``, the experiment's ``pretrained:`` entry ``method``, generating ``data_file``'s images).
+    ``ems_file``: the model's DPM-Solver-v3 statistics (``flowrepro ems``), read, never recomputed here."""
     from flowrepro.config import flow_settings
     from flowrepro.registry import load_plugins
     from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
@@ -128,6 +137,10 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str | No
     times = np.linspace(0.0, 1.0, settings["trajectory_steps"] + 1)  # the straightness grid
     runs = []
     method = method or info["model"]  # this experiment's name for the (possibly shared) model
+    if ems_file is not None:  # checksum and model identity checked on reading
+        from flowrepro.stages import ems as ems_stage
+
+        settings = {**settings, "ems_cache": ems_stage.load(ems_file, model_files)[0] | {"file": ems_file}}  # a copy: the scale stays as read
     with io.NpzWriter(out) as writer:
         writer.add("trajectory_times", times)
         for seed, model in models.items():
@@ -154,7 +167,7 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
     """Every run of one ``sampling:`` entry on one seed's model; each run's samples go to ``writer``."""
     from flowrepro import pieces
     from flowrepro.registry import SAMPLERS
-    from flowrepro.samplers import diffusion, sde, trained_diffusion
+    from flowrepro.samplers import bdia, diffusion, sde, trained_diffusion
     from flowrepro.samplers.nfe import NFECounter
 
     name, settings_list = sampler_runs(label, options)
@@ -178,6 +191,13 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
         elif name == "ddim_ts":
             call = lambda x, _i, k=kwargs: trained_diffusion.sample_time_shift(counter, x, **k)  # noqa: E731
             setting = f"steps={kwargs['steps']}"
+        elif trained_diffusion.is_eps_sampler(name):
+            if name == "dpm_solver_v3":  # with the model's cached EMS, never recomputed here
+                ems = _cached_ems(settings, label, seed)
+                calibration_nfe = ems.calls  # network evaluations of the calibration set (ems_calls), not in the NFE
+                kwargs = {**kwargs, "ems": ems}
+            call = lambda x, _i, k=kwargs: trained_diffusion.sample_eps(sampler, counter, x, **k)  # noqa: E731
+            setting = f"steps={kwargs['steps']}"
         else:
             if schedule == "boss":
                 kwargs = {**{k: v for k, v in kwargs.items() if k != "steps"}, "times": grids[kwargs["steps"]]}
@@ -191,7 +211,37 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
         writer.add(key, samples)
         runs.append({"key": key, "sampler": label, "schedule": schedule, "setting": setting,
                      "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
+        if name in bdia.ROUND_TRIPS and schedule == "uniform" and "steps" in kwargs:  # data -> noise -> data through the network, same steps
+            runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
+            writer.add(runs[-1]["roundtrip_key"], _round_trip(name, model, samples, kwargs, device))
     return runs
+
+
+#: Points of a run's samples taken through its round trip (inversion_error): the error is a mean over
+#: points, exact or not whatever their number, and the float64 network costs 2N calls on each.
+ROUND_TRIP_POINTS = 64
+
+
+def _round_trip(name: str, model, samples, kwargs: dict, device: str):
+    """The first ROUND_TRIP_POINTS of a run's own samples z0 (data of the model) inverted to noise and
+    regenerated (:data:`flowrepro.samplers.bdia.ROUND_TRIPS`) with the run's steps and options, in float64."""
+    import torch
+
+    from flowrepro.samplers import bdia, trained_diffusion
+
+    trip = bdia.ROUND_TRIPS[name]
+    options = {k: v for k, v in kwargs.items() if k not in ("steps", "schedule", "scheduler", "timesteps")}
+    z0 = torch.as_tensor(samples[:ROUND_TRIP_POINTS], dtype=torch.float64, device=device)
+    eps = trained_diffusion.EpsilonAtLevel(trained_diffusion.float64_copy(model))
+    return trip(eps, z0, kwargs["steps"], **options).cpu().numpy()
+
+
+def _cached_ems(settings: dict, label: str, seed: int):
+    cache = settings.get("ems_cache")  # (settings["ems"] is the scale's EMS sizes)
+    if cache is None or (label, seed) not in cache:
+        where = cache["file"] if cache else "no --ems file given"
+        raise KeyError(f"{label}: no EMS for seed {seed} ({where}); run `flowrepro ems` for this model first")
+    return cache[(label, seed)]
 
 
 def _data_var(info: dict, model_files) -> float:
