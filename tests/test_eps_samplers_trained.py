@@ -101,3 +101,25 @@ def test_hb_on_a_pretrained_ddpm_calls_the_unet_at_ddims_integer_steps(tmp_path)
     expected = np.round(np.arange(1000, 0, -1000 / 5)).astype(np.int64) - 1
     assert counter.calls == 5 and seen == pytest.approx([float(t) for t in expected], abs=1e-6)
     assert torch.isfinite(x).all()
+
+
+def test_sample_stage_runs_hb_and_bdia_with_round_trip_on_a_pretrained_ddpm(tmp_path, tiny_scale):
+    """momentum_samplers_trained's pretrained entry: the sample stage runs HB and BDIA (with its float64 round
+    trip through a copy of the UNet) on the acquired diffusers DDPM, NFE counted, samples finite."""
+    from test_pretrained_model import _acquired_ddpm, _data
+
+    from flowrepro.stages import sample
+
+    directory = _acquired_ddpm(tmp_path / "ddpm_cifar10_pretrained")
+    data = _data(tmp_path / "cifar10.npz")
+    experiment = _experiment(tmp_path, {"hb_3.8": {"sampler": {"name": "hb", "order": 3.8}, "nfe": [4]},
+                                        "bdia_g1": {"sampler": {"name": "bdia", "gamma": 1.0}, "nfe": [4]}})
+    out = tmp_path / "ddpm.npz"
+    sample.run(str(experiment), str(tiny_scale), None, str(out), method="ddpm_cifar10", pretrained=str(directory),
+               data_file=str(data))
+    stored = np.load(out)
+    runs = {r["sampler"]: r for r in json.loads(str(stored["runs"]))["runs"]}
+    assert {runs["hb_3.8"]["nfe"], runs["bdia_g1"]["nfe"]} == {4}
+    assert np.isfinite(stored[runs["hb_3.8"]["key"]]).all()
+    back = stored[runs["bdia_g1"]["roundtrip_key"]]
+    assert np.abs(back - stored[runs["bdia_g1"]["key"]][: len(back)]).max() < 1e-3  # float64 round trip, float32 samples

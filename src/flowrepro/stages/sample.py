@@ -115,7 +115,8 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str | No
     ``ems_file``: the model's DPM-Solver-v3 statistics (``flowrepro ems``), read, never recomputed here."""
     from flowrepro.config import flow_settings
     from flowrepro.registry import load_plugins
-    from flowrepro.samplers import diffusion, ode, schedules, schedules_extra, sde, time_shift, trained_diffusion  # noqa: F401  (register built-ins)
+    from flowrepro.samplers import (bdia, diffusion, dpm_solver_v3, momentum, ode, schedules, schedules_extra, sde,  # noqa: F401
+                                    time_shift, trained_diffusion)  # (register every built-in sampler)
     from flowrepro.samplers.nfe import NFECounter
     from flowrepro.stages.train import load_models
 
