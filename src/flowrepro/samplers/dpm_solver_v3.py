@@ -219,5 +219,6 @@ def dpm_solver_v3(model: Callable, x_t, steps: int, schedule: str = "uniform", e
 
 
 dpm_solver_v3.calls_per_step = 1
+dpm_solver_v3.eps_sampler = True  # f(eps, x_t, steps, ...) at VE levels: runs on trained models too (trained_diffusion.is_eps_sampler)
 
 __all__ = ["cumulative_trapezoid_exp", "dpm_solver_v3"]

@@ -117,11 +117,6 @@ def forward_ad_safe():
         torch.nn.GroupNorm.forward = original
 
 
-#: Eps-model samplers registered before the ``eps_sampler`` marker existed (their modules are not
-#: edited here); every other one carries ``eps_sampler = True`` beside its ``calls_per_step``.
-MARKED_HERE = ("dpm_solver_v3",)
-
-
 def is_eps_sampler(name: str) -> bool:
     """Whether the registered sampler ``name`` is an eps-model sampler ``f(eps, x_t, steps, schedule, **options)
     -> (x, levels)`` with ``eps(x_vp, s)`` at VE level s: it then runs on any trained model through
@@ -129,7 +124,7 @@ def is_eps_sampler(name: str) -> bool:
     from flowrepro import pieces
 
     samplers = pieces.table("sampler")  # the built-in samplers registered (pieces.BUILTINS)
-    return name in MARKED_HERE or (name in samplers and getattr(samplers.get(name), "eps_sampler", False))
+    return name in samplers and getattr(samplers.get(name), "eps_sampler", False)
 
 
 def sample_eps(sampler, model, x0, steps: int, **options):
@@ -137,14 +132,6 @@ def sample_eps(sampler, model, x0, steps: int, **options):
     ``steps`` steps of ``sampler.calls_per_step`` network calls each (the counter around ``model`` sees each)."""
     x, _ = sampler(EpsilonAtLevel(model), x0, steps, **options)
     return x
-
-
-def sample_dpm_solver_v3(model, x0, steps: int, ems, **options):
-    """DPM-Solver-v3 (:func:`~flowrepro.samplers.dpm_solver_v3.dpm_solver_v3`) on a trained model with its
-    EMS: VP noise x0 at t = 999 to data, one network call per step."""
-    from flowrepro.samplers.dpm_solver_v3 import dpm_solver_v3
-
-    return sample_eps(dpm_solver_v3, model, x0, steps, ems=ems, **options)
 
 
 def float64_copy(model):

@@ -181,7 +181,7 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
         grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
                                              max_steps, info["shape"], seed, device)
         print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
-    runs = []
+    runs, eps64 = [], None  # eps64: the float64 copy of the network for round trips, made once per entry
     for schedule, kwargs in settings_list:
         if name.endswith("_ts"):
             kwargs = {**kwargs, "data_var": _data_var(info, model_files)}
@@ -214,7 +214,8 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
                      "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
         if name in bdia.ROUND_TRIPS and schedule == "uniform" and "steps" in kwargs:  # data -> noise -> data through the network, same steps
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
-            writer.add(runs[-1]["roundtrip_key"], _round_trip(name, model, samples, kwargs, device))
+            eps64 = eps64 or trained_diffusion.EpsilonAtLevel(trained_diffusion.float64_copy(model))
+            writer.add(runs[-1]["roundtrip_key"], _round_trip(name, eps64, samples, kwargs, device))
     return runs
 
 
@@ -223,18 +224,18 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
 ROUND_TRIP_POINTS = 64
 
 
-def _round_trip(name: str, model, samples, kwargs: dict, device: str):
+def _round_trip(name: str, eps64, samples, kwargs: dict, device: str):
     """The first ROUND_TRIP_POINTS of a run's own samples z0 (data of the model) inverted to noise and
-    regenerated (:data:`flowrepro.samplers.bdia.ROUND_TRIPS`) with the run's steps and options, in float64."""
+    regenerated (:data:`flowrepro.samplers.bdia.ROUND_TRIPS`) with the run's steps and options, through
+    ``eps64``, the network's float64 copy as an eps-model."""
     import torch
 
-    from flowrepro.samplers import bdia, trained_diffusion
+    from flowrepro.samplers import bdia
 
     trip = bdia.ROUND_TRIPS[name]
     options = {k: v for k, v in kwargs.items() if k not in ("steps", "schedule", "scheduler", "timesteps")}
     z0 = torch.as_tensor(samples[:ROUND_TRIP_POINTS], dtype=torch.float64, device=device)
-    eps = trained_diffusion.EpsilonAtLevel(trained_diffusion.float64_copy(model))
-    return trip(eps, z0, kwargs["steps"], **options).cpu().numpy()
+    return trip(eps64, z0, kwargs["steps"], **options).cpu().numpy()
 
 
 def _cached_ems(settings: dict, label: str, seed: int):
