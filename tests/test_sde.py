@@ -68,7 +68,7 @@ def test_pc_needs_the_vp_path():
 def test_velocity_consistency_loss_vanishes_on_a_straight_flow_only():
     c = torch.tensor([2.0, -1.0])
     exact = lambda x, t: (c - x) / (1 - t).reshape(-1, 1)  # noqa: E731  (point-mass data: straight paths)
-    objective = velocity_consistency(LinearPath(), segments=2, delta=0.01)
+    objective = velocity_consistency({"segments": 2, "delta": 0.01}, LinearPath(), None, None)
     g = torch.Generator().manual_seed(0)
     x0, x1, t = torch.randn(256, 2, generator=g), c.expand(256, 2), torch.rand(256, generator=g)
     consistent = objective(exact, x0, x1, t, exact).item()

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="train only this seed of the scale (its own job at small/paper)")
     p.add_argument("--pairs", default=None, help="reflow pairs .npy (for coupling: reflow)")
     p.add_argument("--init", nargs="+", default=None, help="model file(s) whose weights initialise this one (one per seed, or one for all)")
+    p.add_argument("--teacher", nargs="+", default=None, help="model file(s) of the spec's teacher: (one per seed, or one for all)")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             description = train.describe(args.experiment, args.model, args.dataset, load_scale(args.scale))
         try:
             train.run(description, args.scale, args.data, args.out, args.pairs, args.init,
-                      progress=not args.no_progress, seed=args.seed, name=name)
+                      progress=not args.no_progress, seed=args.seed, name=name, teacher_files=args.teacher)
         except Interrupted as stopped:  # SLURM's time limit or preemption: the retry resumes from the checkpoint
             print(f"train: {stopped}", file=sys.stderr)
             return 143

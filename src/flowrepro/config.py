@@ -79,7 +79,7 @@ def load_experiment(path: str | Path) -> dict:
         _check_piece_names(experiment, path)
     _check_pretrained(experiment, path)
     for name, spec in experiment.get("models", {}).items():
-        for key in ("pairs_from", "init"):
+        for key in MODEL_REFERENCES:
             if key in spec and spec[key] not in experiment["models"]:
                 raise ConfigError(f"{path}: models/{name}/{key} names unknown model {spec[key]!r}")
         if spec.get("coupling") == "reflow" and "pairs_from" not in spec:  # reflow takes no options
@@ -180,7 +180,9 @@ def flow_datasets(experiment: dict, scale: dict) -> list[str]:
 
 
 #: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).
-MODEL_PIECES = ("path", "coupling", "loss", "time_density")
+#: Spec keys that name another model of the experiment (its reflow pairs, initial weights, frozen teacher).
+MODEL_REFERENCES = ("pairs_from", "init", "teacher")
+MODEL_PIECES = ("path", "coupling", "loss", "time_density", "objective")
 
 
 def load_scale(path: str | Path) -> dict:
@@ -355,7 +357,9 @@ MODEL_DEFAULTS = {"path": "linear", "coupling": "independent", "optimizer": "ada
 
 def ema_decay(spec: dict, settings: dict) -> float:
     """EMA decay of a model: its spec's, else the scale's; consistency FM needs one (its target)."""
-    default = 0.99 if spec.get("objective") == "velocity_consistency" else 0.0
+    from flowrepro import pieces
+
+    default = 0.99 if pieces.name_of(spec.get("objective", "regression")) == "velocity_consistency" else 0.0
     return float(spec.get("ema_decay", settings.get("ema_decay", default)))
 
 
@@ -379,7 +383,7 @@ def model_key(experiment: dict, name: str, dataset: str, scale: dict | None = No
 
 def model_identity(experiment: dict, name: str, dataset: str, scale: dict | None = None) -> dict:
     """What :func:`model_key` hashes: the dataset, the spec (defaults filled in, pieces canonical,
-    ``pairs_from``/``init`` as their models' keys), the sha256 of each plugin file that supplies one
+    ``pairs_from``/``init``/``teacher`` as their models' keys), the sha256 of each plugin file that supplies one
     of its pieces, and the experiment's recipe where it differs from the scale's. Nothing in it
     names the experiment, so every experiment that defines this model shares its file and job."""
     from flowrepro import pieces
@@ -397,7 +401,7 @@ def model_identity(experiment: dict, name: str, dataset: str, scale: dict | None
         changes = recipe_changes(scale, experiment, dataset)
         if changes:  # two experiments' recipes train the same spec differently: two models
             identity["recipe"] = changes
-    for key in ("pairs_from", "init"):
+    for key in MODEL_REFERENCES:
         if key in spec:
             spec[key] = model_key(experiment, spec[key], dataset, scale)
     return identity

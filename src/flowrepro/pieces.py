@@ -22,6 +22,7 @@ KINDS: dict[str, tuple[registry.Registry, int]] = {
     "time_density": (registry.TIME_DENSITIES, 3),
     "sampler": (registry.SAMPLERS, 3),
     "schedule": (registry.SCHEDULES, 1),
+    "objective": (registry.OBJECTIVES, 4),
 }
 
 
@@ -33,8 +34,12 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "time_density": ("flowrepro.generative.losses",),
     "sampler": ("flowrepro.samplers.ode", "flowrepro.samplers.sde", "flowrepro.samplers.time_shift",
                 "flowrepro.samplers.diffusion", "flowrepro.samplers.dpm_solver_v3",
-                "flowrepro.samplers.momentum", "flowrepro.samplers.bdia"),
+                "flowrepro.samplers.momentum", "flowrepro.samplers.bdia", "flowrepro.samplers.caf",
+                "flowrepro.samplers.edm"),
     "schedule": ("flowrepro.samplers.schedules", "flowrepro.samplers.schedules_extra"),
+    "objective": ("flowrepro.generative.objectives", "flowrepro.generative.perflow",
+                  "flowrepro.generative.learned_coupling", "flowrepro.generative.caf",
+                  "flowrepro.generative.edm",),
 }
 
 

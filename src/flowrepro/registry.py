@@ -72,6 +72,7 @@ SCHEDULES = Registry("schedule")
 OPTIMIZERS = Registry("optimizer")
 PROBLEMS = Registry("problem")
 METRICS = Registry("metric")
+OBJECTIVES = Registry("training objective")
 
 
 def _registering_file() -> str | None:

@@ -21,7 +21,7 @@ def owner_of(key):
 
 
 def train_inputs(wildcards):
-    """Data, reflow pairs, initial weights and the plugin files of the model's pieces: nothing that
+    """Data, reflow pairs, initial weights, a teacher model and the plugin files of the model's pieces: nothing that
     names the experiment, so the job is the same whichever experiment lists the model."""
     experiment, name = owner_of(wildcards.key)
     spec = experiment["models"][name]
@@ -31,6 +31,8 @@ def train_inputs(wildcards):
         inputs["pairs"] = f"{model_stem(experiment['id'], spec['pairs_from'], wildcards.dataset)}{seed}.pairs.npy"
     if "init" in spec:
         inputs["init"] = f"{model_stem(experiment['id'], spec['init'], wildcards.dataset)}{seed}.pt"
+    if "teacher" in spec:  # a frozen model the objective calls (PeRFlow's windowed solve)
+        inputs["teacher"] = f"{model_stem(experiment['id'], spec['teacher'], wildcards.dataset)}{seed}.pt"
     return inputs
 
 
@@ -59,6 +61,7 @@ rule train:
         settings=lambda wildcards: {k: v for k, v in train_settings(wildcards).items() if k not in RUN_SETTINGS},
         pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+        teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
         seed="",
     resources:
         # GPUs at small/paper: the recipe's gpus (flow_images, or an experiment's recipes; default 1), all on one node
@@ -103,7 +106,7 @@ rule train:
         "if [ {resources.gpu} -gt 1 ]; then set -- {sys.executable:q} -m torch.distributed.run --standalone"
         " --nproc_per_node {resources.gpu} --no-python; fi; OMP_NUM_THREADS={threads} \"$@\" {FLOWREPRO} train"
         " --model-spec {params.model_spec:q} --scale {SCALE_FILE}"
-        " --data {input.data} {params.seed} {params.pairs} {params.init} --out {output} > {log} 2>&1"
+        " --data {input.data} {params.seed} {params.pairs} {params.init} {params.teacher} --out {output} > {log} 2>&1"
 
 
 use rule train as train_seed with:
@@ -117,6 +120,7 @@ use rule train as train_seed with:
         settings=lambda wildcards: {k: v for k, v in train_settings(wildcards).items() if k not in RUN_SETTINGS},
         pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+        teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
         seed=lambda wildcards: f"--seed {wildcards.seed}",
     log:
         "logs/train/{dataset}/{key}.seed{seed}.log",

@@ -180,7 +180,7 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
 
     _ = losses  # registers mse and the time densities
     loss_fn, sample_time = pieces.build("loss", config.loss), pieces.build("time_density", config.time_density)
-    objective = objective or regression(path, loss_fn)
+    objective = objective or regression({}, path, loss_fn, None)
     cuda = torch.device(device).type == "cuda"
     bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
     if cuda and config.bf16 and not bf16:

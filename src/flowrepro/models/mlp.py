@@ -6,13 +6,14 @@ import math
 from flowrepro.registry import MODELS
 
 
-def build_mlp(dim: int, width: int = 128, depth: int = 3, time_features: int = 0):
+def build_mlp(dim: int, width: int = 128, depth: int = 3, time_features: int = 0, in_dim: int | None = None):
     """An MLP on [x, t] (``time_features=0``, as torchcfm's MLP) or [x, sinusoidal features of t];
     ``depth`` hidden layers with SiLU.
 
     t enters as itself by default: sinusoids up to frequency 100 made the trained field rough in t,
     so higher-order solvers lost to Euler on 2-D flows (RK4's error at 32 NFE: 0.025 with them,
-    0.0002 without, in an independent check)."""
+    0.0002 without, in an independent check). ``in_dim``: input width when it differs from the
+    output ``dim`` (CAF's acceleration net reads [x, v0], 2 dim)."""
     import torch
     from torch import nn
 
@@ -23,7 +24,7 @@ def build_mlp(dim: int, width: int = 128, depth: int = 3, time_features: int = 0
             frequencies = torch.exp(torch.linspace(0, math.log(100.0), time_features // 2))
             self.register_buffer("frequencies", frequencies)
             layers: list[nn.Module] = []
-            in_features = dim + (time_features or 1)
+            in_features = (in_dim or dim) + (time_features or 1)
             for _ in range(depth):
                 layers += [nn.Linear(in_features, width), nn.SiLU()]
                 in_features = width

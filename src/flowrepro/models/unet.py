@@ -58,8 +58,9 @@ def resolve_network(network: str | dict) -> UNetPreset:
     return replace(base, **options) if base else UNetPreset(**options)
 
 
-def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "unet_tiny"):
-    """A UNet on (C, H, W) images laid out as ``network``.
+def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "unet_tiny", in_channels: int | None = None):
+    """A UNet on (C, H, W) images laid out as ``network``; ``in_channels`` when the input has more
+    channels than the C it outputs (CAF's acceleration net reads [x, v0], 2C).
 
     Each level halves H and W, so H and W must be divisible by 2^(levels - 1). The flow time
     t in [0, 1] is fed as diffusers' timestep 1000 t (its sinusoidal embedding expects that range).
@@ -69,7 +70,7 @@ def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "
 
     preset = network if isinstance(network, UNetPreset) else resolve_network(network)
     channels = tuple(preset.channels)
-    in_channels, height, width = shape
+    channels_out, height, width = shape
     factor = 2 ** (len(channels) - 1)
     if height % factor or width % factor:
         raise ValueError(f"image size {height}x{width} is not divisible by {factor} ({len(channels)} UNet levels)")
@@ -78,7 +79,7 @@ def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "
     if missing:
         raise ValueError(f"attention at {missing} but a {height}x{width} UNet has levels {resolutions}")
     attention = [r in preset.attention_resolutions for r in resolutions]
-    options = dict(sample_size=(height, width), in_channels=in_channels, out_channels=in_channels,
+    options = dict(sample_size=(height, width), in_channels=in_channels or channels_out, out_channels=channels_out,
                    block_out_channels=channels, layers_per_block=preset.layers_per_block,
                    down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
                    up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),

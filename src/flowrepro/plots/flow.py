@@ -115,7 +115,11 @@ def trajectories(sample_files: list[str], out_png: str, n_paths: int = 60) -> No
         with io.open_npz(path) as arrays:
             index = json.loads(str(arrays["runs"]))
             seed = min(r["seed"] for r in index["runs"])
-            paths = arrays[f"trajectory/seed{seed}"][:, :n_paths]
+            key = f"trajectory/seed{seed}"
+            paths = arrays[key][:, :n_paths] if key in arrays.files else None
+        if paths is None:  # no velocity field (PFGM++ denoiser, CAF): no Euler trajectory was written
+            ax.set_title(f"{index['model']} (no v(x, t))")
+            continue
         ax.plot(paths[:, :, 0], paths[:, :, 1], lw=0.6, alpha=0.7, color="tab:blue")
         ax.scatter(paths[0, :, 0], paths[0, :, 1], s=4, c="k")
         ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=8, c="tab:red", marker="x")

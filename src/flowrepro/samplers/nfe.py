@@ -21,10 +21,25 @@ class NFECounter:
         self.calls += 1
         return self.model.epsilon(x, t)
 
+    def denoise(self, x, sigma):
+        """EDM / PFGM++ denoiser D(x; sigma): one network call."""
+        self.calls += 1
+        return self.model.denoise(x, sigma)
+
     def velocity_and_epsilon(self, x, t):
         """One network call that gives both (the conversion costs no evaluation)."""
         self.calls += 1
         return self.model.velocity_and_epsilon(x, t)
+
+    def initial_velocity(self, x, t=None):
+        """CAF's v0 = v_phi(x, 0): one network call."""
+        self.calls += 1
+        return self.model.initial_velocity(x, t)
+
+    def acceleration(self, x, t, v0):
+        """CAF's a_theta(x, t, v0): one network call."""
+        self.calls += 1
+        return self.model.acceleration(x, t, v0)
 
     def reset(self) -> int:
         calls, self.calls = self.calls, 0

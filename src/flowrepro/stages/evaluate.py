@@ -13,6 +13,10 @@ fid_classifier covers them); inversion_error, mean_n ||z0_n - z0'_n|| between
 the first samples z0 of a run whose sampler has a round trip (bdia, ddim) and their data -> noise
 -> data round trip through the network in float64 (written by the sample stage); solver_error, the mean distance of each run's samples to a fine solve
 of the model's own ODE from the same noise, where the experiment asks for that ``reference:``;
+coupling_error, mean_n ||x1_hat(x0_n) - x1_n|| of each run's samples against held-out coupled pairs, where
+the experiment names a ``coupling_reference: {model, sampler, setting}`` run: every model of a seed samples
+the same evaluation noise x0 (disjoint from the reflow pairs' noise), so that run (e.g. 1-RF's RK4 at
+``pair_steps``, the reflow pairs' solver) gives x1 for each x0 (:mod:`flowrepro.metrics.coupling`);
 straightness (S(Z) of rectified flow, 0 only for straight paths at constant speed), arc_chord_gap
 (E[1 - chord / arc length], 0 for any straight path whatever its speed) and transport_cost from
 each seed's Euler trajectory (:mod:`flowrepro.metrics.flow`);
@@ -32,6 +36,7 @@ import numpy as np
 
 from flowrepro import io
 from flowrepro.config import IMAGE_DATASETS, bind_roles, load_experiment, load_scale
+from flowrepro.metrics.coupling import coupling_error, coupling_references
 
 
 def run(experiment_file: str, scale_file: str, data_files: list[str], sample_files: list[str], out: str,
@@ -81,9 +86,10 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
             rows.append({**base, "dataset": dataset, "method": "classifier", "sampler": "", "schedule": "", "nfe": 0,
                          "seed": 0, "metric": "test_accuracy", "value": accuracies[dataset],
                          "wall_s": 0.0})
+    coupled = coupling_references(experiment, sample_files)  # (dataset, seed) -> held-out x1 of the evaluation noise
     for path in sample_files:
         with io.open_npz(path) as samples:
-            rows += _sample_rows(path, samples, references, w2_reference, quality, base, scale)
+            rows += _sample_rows(path, samples, references, w2_reference, quality, base, scale, coupled)
     io.write_table(out, rows)
     images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
     features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
@@ -99,7 +105,8 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
 MMD_MAX_POINTS = 1000
 
 
-def _sample_rows(path: str, samples, references: dict, w2_reference, quality, base: dict, scale: dict) -> list[dict]:
+def _sample_rows(path: str, samples, references: dict, w2_reference, quality, base: dict, scale: dict,
+                 coupled: dict | None = None) -> list[dict]:
     """The metric rows of one sample file (read lazily, one run at a time)."""
     from flowrepro.metrics.flow import arc_chord_gap, straightness, transport_cost
 
@@ -123,12 +130,16 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         if "roundtrip_key" in run_info:  # data -> noise -> data of the run's first samples (sample._round_trip)
             back = samples[run_info["roundtrip_key"]]
             rows.append({**row, "metric": "inversion_error", "value": inversion_error(generated[:len(back)], back)})
+        if (dataset, run_info["seed"]) in (coupled or {}):  # against held-out coupled pairs (coupling_reference:)
+            rows.append({**row, "metric": "coupling_error", "value": coupling_error(generated, coupled[(dataset, run_info["seed"])])})
         reference_key = f"reference/seed{run_info['seed']}"
         if reference_key in samples.files:  # mean distance to the fine solve of the same ODE from the same noise
             gap = generated - samples[reference_key]
             rows.append({**row, "metric": "solver_error", "value": float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())})
     times = samples["trajectory_times"]
     for seed in scale["seeds"]:
+        if f"trajectory/seed{seed}" not in samples.files:  # a model that is no ODE v(x, t) (stages.sample)
+            continue
         trajectory = samples[f"trajectory/seed{seed}"]
         row = {**base, "dataset": dataset, "method": method, "sampler": "euler", "schedule": "uniform",
                "nfe": len(times) - 1, "seed": seed, "wall_s": 0.0}

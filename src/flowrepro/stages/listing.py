@@ -30,6 +30,9 @@ BUILTIN_MODULES = (
     "flowrepro.samplers.boss_diffusion",
     "flowrepro.samplers.momentum",
     "flowrepro.samplers.bdia",
+    "flowrepro.samplers.caf",
+    "flowrepro.generative.objectives",
+    "flowrepro.generative.caf",
     "flowrepro.optim.registry",
     "flowrepro.optim.problems",
     "flowrepro.optim.problems_cifar",
@@ -50,6 +53,7 @@ KIND_TABLES = {
     "coupling": "COUPLINGS",
     "loss": "LOSSES",
     "time_density": "TIME_DENSITIES",
+    "objective": "OBJECTIVES",
     "sampler": "SAMPLERS",
     "schedule": "SCHEDULES",
     "optimizer": "OPTIMIZERS",
@@ -104,7 +108,9 @@ def rows(kind: str | None) -> list[dict]:
 
     if kind is not None and kind not in KIND_TABLES:
         raise SystemExit(f"list: unknown kind {kind!r}; valid kinds: {', '.join(KIND_TABLES)}")
-    for module in BUILTIN_MODULES:
+    from flowrepro import pieces
+
+    for module in BUILTIN_MODULES + tuple(m for modules in pieces.BUILTINS.values() for m in modules):
         importlib.import_module(module)
     listing = []
     for word in [kind] if kind else KIND_TABLES:

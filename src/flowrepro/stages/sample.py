@@ -65,10 +65,11 @@ def sampler_runs(label: str, options: dict):
     if "rtol" in options:
         return name, [(f"adaptive_rtol{rtol:g}", {"rtol": rtol, "atol": rtol, **sampler_options}) for rtol in options["rtol"]]
     calls = getattr(SAMPLERS.get(name), "calls_per_step", ode.CALLS_PER_STEP.get(name, 1))
+    once = getattr(SAMPLERS.get(name), "extra_calls", 0)  # calls outside the steps (CAF's v0): N = (nfe - once) / calls
     if schedule == "boss":
-        return name, [(schedule, {"steps": max(1, nfe // calls), **extra}) for nfe in options["nfe"]]
+        return name, [(schedule, {"steps": max(1, (nfe - once) // calls), **extra}) for nfe in options["nfe"]]
     grid = pieces.build("schedule", options.get("schedule", "uniform"))  # schedule: {name: ..., <option>: ...}
-    return name, [(schedule, {"times": grid(max(1, nfe // calls)), **extra}) for nfe in options["nfe"]]
+    return name, [(schedule, {"times": grid(max(1, (nfe - once) // calls)), **extra}) for nfe in options["nfe"]]
 
 
 def _boss_grids(model, options: dict, settings: dict, diffusers_scheduler: bool, max_steps: int, shape, seed: int,
@@ -150,6 +151,8 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str | No
                 if info["dataset"] not in options.get("datasets", [info["dataset"]]) or method not in options.get("models", [method]):
                     continue
                 runs += _sampler_runs(writer, label, options, model, x0, seed, info, settings, batch, device, model_files)
+            if not getattr(model, "is_velocity_field", True):  # no v(x, t) to integrate (CAF): no reference or trajectory
+                continue
             counter = NFECounter(model)
             reference = experiment.get("reference")
             if reference and info["dataset"] in reference.get("datasets", [info["dataset"]]):  # solver error's ground truth
@@ -168,9 +171,11 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
     """Every run of one ``sampling:`` entry on one seed's model; each run's samples go to ``writer``."""
     from flowrepro import pieces
     from flowrepro.registry import SAMPLERS
-    from flowrepro.samplers import bdia, diffusion, sde, trained_diffusion
+    from flowrepro.samplers import bdia, caf, diffusion, ode, sde, trained_diffusion
     from flowrepro.samplers.nfe import NFECounter
 
+    if options.get("pair_steps"):  # the scale's pair_steps steps (with rk4: the reflow pairs' own solve)
+        options = {**options, "nfe": [ode.CALLS_PER_STEP[pieces.name_of(options.get("sampler", label))] * settings["pair_steps"]]}
     name, settings_list = sampler_runs(label, options)
     sampler = SAMPLERS.get(name)
     field = sde.PerturbedVelocity(model, options["velocity_error"]) if "velocity_error" in options else model
@@ -216,6 +221,9 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
             eps64 = eps64 or trained_diffusion.EpsilonAtLevel(trained_diffusion.float64_copy(model))
             writer.add(runs[-1]["roundtrip_key"], _round_trip(name, eps64, samples, kwargs, device))
+        elif options.get("round_trip") and name in caf.FLOW_ROUND_TRIPS and "times" in kwargs:  # a flow's data -> noise -> data, same grid
+            runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
+            writer.add(runs[-1]["roundtrip_key"], caf.flow_round_trip(name, model, samples, kwargs["times"], ROUND_TRIP_POINTS, device))
     return runs
 
 

@@ -15,7 +15,16 @@ from flowrepro import io
 from flowrepro.config import bind_roles, ema_decay, load_experiment, load_scale, pick_device
 
 
-def build_model(shape: tuple[int, ...], settings: dict):
+def build_model(shape: tuple[int, ...], settings: dict, spec: dict | None = None):
+    """The module a model spec trains: its objective's ``network`` hook where it has one (CAF's two
+    networks, an encoder beside the flow), else one flow network (:func:`build_network`)."""
+    from flowrepro.generative.objectives import objective_piece
+
+    hook = getattr(objective_piece(spec or {}), "network", None)
+    return hook(shape, settings, spec, build_network) if hook else build_network(shape, settings)
+
+
+def build_network(shape: tuple[int, ...], settings: dict):
     """An MLP for vectors (2-D toys, mixtures), a UNet for (C, H, W) images (``settings["network"]``)."""
     if len(shape) == 1:
         from flowrepro.models.mlp import build_mlp
@@ -87,9 +96,10 @@ def load_model_plugins(plugins: list[dict], source: str) -> None:
 
 def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file: str | None = None,
         init_files: list[str] | str | None = None, progress: bool = True, seed: int | None = None,
-        name: str | None = None) -> None:
+        name: str | None = None, teacher_files: list[str] | str | None = None) -> None:
     """Train the model ``description`` names (:func:`describe`; the workflow passes it as JSON, so
-    the job is the same whichever experiment lists the model) on ``data_file``."""
+    the job is the same whichever experiment lists the model) on ``data_file``; ``teacher_files``:
+    the spec's ``teacher:`` model, whose seed k the objective of seed k calls (frozen)."""
     import copy
     import hashlib
     import json
@@ -124,7 +134,11 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
     device, writer = (group.device, group.rank == 0) if group else (device, True)  # only rank 0 prints and writes
     config = train_config(spec, settings)
     path = build_path(spec)
-    objective = build_objective(spec, path, pieces.build("loss", config.loss))
+    loss_fn = pieces.build("loss", config.loss)
+    if ("teacher" in spec) != bool(teacher_files):
+        raise ValueError(f"model {name!r}: " + ("its spec names a teacher; give --teacher" if teacher_files is None
+                                                 else "--teacher given, but its spec names no teacher"))
+    teachers = load_models(teacher_files, device)[1] if teacher_files else {}
     data = torch.as_tensor(io.load_data(data_file)["train"], device=device)
     data = data if data.dim() == 4 else data.flatten(1)  # images keep (C, H, W) for the UNet
     shape = tuple(data.shape[1:])
@@ -138,7 +152,10 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
               "data_var": float(data.flatten(1).var(dim=0).mean())}  # tr Cov / d: what time-shift samplers match
     for seed in seeds:
         torch.manual_seed(seed)
-        model = build_model(shape, settings).to(device)
+        model = build_model(shape, settings, spec).to(device)
+        if teacher_files and seed not in teachers:
+            raise KeyError(f"--teacher {teacher_files}: no model for seed {seed} (has {sorted(teachers)})")
+        objective = build_objective(spec, path, loss_fn, teachers.get(seed))
         if seed == seeds[0] and writer:
             size = sum(p.numel() for p in model.parameters())
             print(f"train: {name} on {dataset}: network {settings.get('network', 'mlp')}, {size / 1e6:.3f} M parameters, "
@@ -200,6 +217,7 @@ def load_models(model_files: list[str] | str, device: str = "cpu"):
     Each field is callable as v(x, t) and has ``epsilon(x, t)`` (noise prediction, by conversion
     where the network predicts velocity); the EMA weights are used when training kept them.
     """
+    from flowrepro.generative.objectives import objective_piece
     from flowrepro.generative.parameterization import AsVelocity, VelocityModel
     from flowrepro.generative.paths import build_path
 
@@ -208,13 +226,14 @@ def load_models(model_files: list[str] | str, device: str = "cpu"):
     load_model_plugins(info.get("plugins", []), str(model_files))  # its path (or other piece) may be a plugin's
     spec = info.get("spec", {})
     path = build_path(spec)
+    field = getattr(objective_piece(spec), "field", None)  # e.g. CAF: initial velocity + acceleration
     wrapper = AsVelocity if spec.get("prediction") == "epsilon" else VelocityModel
     settings = dict(info["settings"])
     if len(info["shape"]) == 3 and "network" not in settings:  # files trained before network presets
         settings["network"] = {"channels": settings["channels"], "layers_per_block": settings.get("layers_per_block", 1)}
     models = {}
     for seed, entry in sorted(info["seeds"].items()):
-        network = build_model(info["shape"], settings).to(device)
+        network = build_model(info["shape"], settings, spec).to(device)
         network.load_state_dict(entry.get("ema_state_dict", entry["state_dict"]))
-        models[seed] = wrapper(network.eval(), path)
+        models[seed] = field(network.eval(), path, spec) if field else wrapper(network.eval(), path)
     return info, models
