@@ -173,3 +173,19 @@ def test_coupling_error_against_the_reference_run(tmp_path):
     assert list(found) == [("moons", 0)] and np.array_equal(found[("moons", 0)], reference)
     assert coupling_error(reference + np.array([3.0, 4.0, 0.0, 0.0]), reference) == pytest.approx(5.0)
     assert coupling_references({}, [str(tmp_path / "rf1.npz")]) == {}
+
+
+def test_a_coupling_reference_to_an_unknown_model_or_entry_fails_at_config_load(tmp_path):
+    import yaml
+
+    from conftest import REPO
+    from flowrepro.config import ConfigError, load_experiment
+
+    spec = yaml.safe_load((REPO / "config/experiments/caf.yaml").read_text())
+    path = tmp_path / "caf.yaml"
+    for key, value, message in (("model", "rf9", "coupling_reference/model names unknown model 'rf9'"),
+                                ("sampler", "rk4", "coupling_reference/sampler names no sampling entry 'rk4'")):
+        bad = {**spec, "coupling_reference": {**spec["coupling_reference"], key: value}}
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_experiment(path)

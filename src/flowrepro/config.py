@@ -84,6 +84,12 @@ def load_experiment(path: str | Path) -> dict:
                 raise ConfigError(f"{path}: models/{name}/{key} names unknown model {spec[key]!r}")
         if spec.get("coupling") == "reflow" and "pairs_from" not in spec:  # reflow takes no options
             raise ConfigError(f"{path}: models/{name}: coupling reflow needs pairs_from")
+    reference = experiment.get("coupling_reference")
+    if reference and reference["model"] not in experiment["models"]:
+        raise ConfigError(f"{path}: coupling_reference/model names unknown model {reference['model']!r}")
+    if reference and reference["sampler"] not in experiment["sampling"]:
+        raise ConfigError(f"{path}: coupling_reference/sampler names no sampling entry {reference['sampler']!r}; "
+                          f"known: {sorted(experiment['sampling'])}")
     return experiment
 
 
@@ -179,9 +185,9 @@ def flow_datasets(experiment: dict, scale: dict) -> list[str]:
     return list(dict.fromkeys([*experiment["datasets"], *(e["dataset"] for e in pretrained_models(experiment, scale).values())]))
 
 
-#: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).
 #: Spec keys that name another model of the experiment (its reflow pairs, initial weights, frozen teacher).
 MODEL_REFERENCES = ("pairs_from", "init", "teacher")
+#: Keys of a model spec that name a registered piece (``name`` or ``{name: ..., <option>: ...}``).
 MODEL_PIECES = ("path", "coupling", "loss", "time_density", "objective")
 
 

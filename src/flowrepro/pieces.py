@@ -39,7 +39,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "schedule": ("flowrepro.samplers.schedules", "flowrepro.samplers.schedules_extra"),
     "objective": ("flowrepro.generative.objectives", "flowrepro.generative.perflow",
                   "flowrepro.generative.learned_coupling", "flowrepro.generative.caf",
-                  "flowrepro.generative.edm",),
+                  "flowrepro.generative.edm"),
 }
 
 

@@ -30,9 +30,6 @@ BUILTIN_MODULES = (
     "flowrepro.samplers.boss_diffusion",
     "flowrepro.samplers.momentum",
     "flowrepro.samplers.bdia",
-    "flowrepro.samplers.caf",
-    "flowrepro.generative.objectives",
-    "flowrepro.generative.caf",
     "flowrepro.optim.registry",
     "flowrepro.optim.problems",
     "flowrepro.optim.problems_cifar",
@@ -110,6 +107,7 @@ def rows(kind: str | None) -> list[dict]:
         raise SystemExit(f"list: unknown kind {kind!r}; valid kinds: {', '.join(KIND_TABLES)}")
     from flowrepro import pieces
 
+    # with the modules pieces.BUILTINS imports before a lookup (the objectives, the newer samplers)
     for module in BUILTIN_MODULES + tuple(m for modules in pieces.BUILTINS.values() for m in modules):
         importlib.import_module(module)
     listing = []
