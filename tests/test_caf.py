@@ -142,7 +142,9 @@ def test_save_load_round_trip_gives_the_same_field(tmp_path):
         torch.testing.assert_close(field.acceleration(x, t, v0), network(x, t, v0))
     with pytest.raises(TypeError, match="no velocity field"):
         field(x, t)
-    round_trip = caf_sampler.flow_round_trip("caf", field, caf_sampler.caf(field, x, np.linspace(0, 1, 3)).numpy(),
+    from flowrepro.samplers.trained_diffusion import float64_copy
+
+    round_trip = caf_sampler.flow_round_trip("caf", float64_copy(field), caf_sampler.caf(field, x, np.linspace(0, 1, 3)).numpy(),
                                              np.linspace(0, 1, 3), 4, "cpu")
     assert round_trip.shape == (4, 2) and round_trip.dtype == np.float64
 

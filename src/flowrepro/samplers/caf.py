@@ -92,12 +92,10 @@ def euler_round_trip(model, x1, times):
 FLOW_ROUND_TRIPS: dict[str, Callable] = {"caf": caf_round_trip, "euler": euler_round_trip}
 
 
-def flow_round_trip(name: str, model, samples, times, points: int, device: str):
+def flow_round_trip(name: str, model64, samples, times, points: int, device: str):
     """The first ``points`` samples of a run through its sampler's round trip on the run's grid, in
-    float64 (a copy of the network) so that the error measured is the method's, not rounding."""
+    float64 (``model64``, the network's float64 copy) so that the error measured is the method's, not rounding."""
     import torch
 
-    from flowrepro.samplers.trained_diffusion import float64_copy
-
     z = torch.as_tensor(samples[:points], dtype=torch.float64, device=device)
-    return FLOW_ROUND_TRIPS[name](float64_copy(model), z, times).cpu().numpy()
+    return FLOW_ROUND_TRIPS[name](model64, z, times).cpu().numpy()

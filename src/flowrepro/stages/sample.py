@@ -186,7 +186,7 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
         grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
                                              max_steps, info["shape"], seed, device)
         print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
-    runs, eps64 = [], None  # eps64: the float64 copy of the network for round trips, made once per entry
+    runs, model64, eps64 = [], None, None  # the float64 copy of the network for round trips (and its eps view), once per entry
     for schedule, kwargs in settings_list:
         if name.endswith("_ts"):
             kwargs = {**kwargs, "data_var": _data_var(info, model_files)}
@@ -219,11 +219,13 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
                      "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
         if name in bdia.ROUND_TRIPS and schedule == "uniform" and "steps" in kwargs:  # data -> noise -> data through the network, same steps
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
-            eps64 = eps64 or trained_diffusion.EpsilonAtLevel(trained_diffusion.float64_copy(model))
+            model64 = model64 or trained_diffusion.float64_copy(model)
+            eps64 = eps64 or trained_diffusion.EpsilonAtLevel(model64)
             writer.add(runs[-1]["roundtrip_key"], _round_trip(name, eps64, samples, kwargs, device))
         elif options.get("round_trip") and name in caf.FLOW_ROUND_TRIPS and "times" in kwargs:  # a flow's data -> noise -> data, same grid
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
-            writer.add(runs[-1]["roundtrip_key"], caf.flow_round_trip(name, model, samples, kwargs["times"], ROUND_TRIP_POINTS, device))
+            model64 = model64 or trained_diffusion.float64_copy(model)
+            writer.add(runs[-1]["roundtrip_key"], caf.flow_round_trip(name, model64, samples, kwargs["times"], ROUND_TRIP_POINTS, device))
     return runs
 
 
