@@ -40,7 +40,7 @@ def test_sample_stage_runs_hb_and_bdia_on_the_network_as_direct_calls(tmp_path, 
                               str(data), str(model_file), progress=False)
     experiment = _experiment(tmp_path, {"hb_3.8": {"sampler": {"name": "hb", "order": 3.8}, "nfe": [10]},
                                         "bdia_g1": {"sampler": {"name": "bdia", "gamma": 1.0}, "nfe": [10]},
-                                        "ddim": {"nfe": [10]}})
+                                        "ddim": {"nfe": [10]}, "ddim_no_trip": {"sampler": "ddim", "round_trip": False, "nfe": [10]}})
     out = tmp_path / "samples.npz"
     sample.run(str(experiment), str(tiny_scale), str(model_file), str(out), method="vp_eps")
     stored = np.load(out)
@@ -53,6 +53,8 @@ def test_sample_stage_runs_hb_and_bdia_on_the_network_as_direct_calls(tmp_path, 
     direct, _ = momentum.heavy_ball(trained_diffusion.EpsilonAtLevel(counter), x0, 10, order=3.8)
     np.testing.assert_array_equal(stored[runs["hb_3.8"]["key"]], direct.numpy())
     assert counter.calls == 10 and "roundtrip_key" not in runs["hb_3.8"]
+    assert "roundtrip_key" not in runs["ddim_no_trip"]  # round_trip: false turns DDIM's automatic round trip off
+    np.testing.assert_array_equal(stored[runs["ddim_no_trip"]["key"]], stored[runs["ddim"]["key"]])
 
     errors = {name: evaluate.inversion_error(stored[runs[name]["key"]][:sample.ROUND_TRIP_POINTS], stored[runs[name]["roundtrip_key"]])
               for name in ("bdia_g1", "ddim")}

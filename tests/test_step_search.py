@@ -100,7 +100,7 @@ def test_search_improves_monotonically(exact16):
     found = ss.search(exact16, 0, "s3", 5, {**SMALL, "generations": 6})
     hist = found["fitness_history"]
     assert all(b <= a for a, b in zip(hist, hist[1:])) and hist[-1] < hist[0]
-    fit = ss._Fitness(exact16, 0, 32)  # an independent re-evaluation of the winner on the calibration draws
+    fit = ss.exact_fitness(exact16, 0, 32)  # an independent re-evaluation of the winner on the calibration draws
     assert fit(found) == pytest.approx(found["fitness"], rel=1e-12)
     # every candidate costs exactly its budget in counted calls, AFS or not (a repeated level costs none)
     assert found["search_calls"] % 5 == 0 and 0 < found["search_calls"] <= 5 * found["evaluations"]

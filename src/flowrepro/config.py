@@ -84,13 +84,31 @@ def load_experiment(path: str | Path) -> dict:
                 raise ConfigError(f"{path}: models/{name}/{key} names unknown model {spec[key]!r}")
         if spec.get("coupling") == "reflow" and "pairs_from" not in spec:  # reflow takes no options
             raise ConfigError(f"{path}: models/{name}: coupling reflow needs pairs_from")
+        if "condition" in spec and spec.get("coupling", "independent") != "independent":  # labels travel with x1
+            raise ConfigError(f"{path}: models/{name}/condition: trains on independent pairs only, not coupling {spec['coupling']!r}")
     reference = experiment.get("coupling_reference")
     if reference and reference["model"] not in experiment["models"]:
         raise ConfigError(f"{path}: coupling_reference/model names unknown model {reference['model']!r}")
     if reference and reference["sampler"] not in experiment["sampling"]:
         raise ConfigError(f"{path}: coupling_reference/sampler names no sampling entry {reference['sampler']!r}; "
                           f"known: {sorted(experiment['sampling'])}")
+    _check_guidance(experiment, path)
     return experiment
+
+
+def _check_guidance(experiment: dict, path: str | Path) -> None:
+    """Guidance (a sampling entry's or the reference's) only on class-conditional models (``condition:``)."""
+    conditional = {name for name, spec in experiment.get("models", {}).items() if "condition" in spec}
+    every = [*experiment.get("models", {}), *experiment.get("pretrained", {})]
+    guided = {f"sampling/{label}": entry.get("models", every)
+              for label, entry in experiment.get("sampling", {}).items() if "guidance" in entry}
+    if "guidance" in experiment.get("reference", {}):
+        guided["reference"] = list(experiment.get("models", {}))
+    for where, models in guided.items():
+        plain = sorted(set(models) - conditional)
+        if plain:
+            raise ConfigError(f"{path}: {where}/guidance on models without condition: {plain} "
+                              f"(restrict the entry with models: [...], or give them condition:)")
 
 
 def _check_paper_number_metrics(experiment: dict, path: str | Path) -> None:
@@ -124,7 +142,12 @@ def _check_piece_names(experiment: dict, path: str | Path) -> None:
             raise ConfigError(f"{path}: models/{name}/coupling_reg: coupling {pieces.name_of(spec.get('coupling', 'independent'))!r} "
                               "takes no reg (minibatch_sinkhorn does)")
     for label, options in experiment.get("sampling", {}).items():
-        pieces.check("sampler", options.get("sampler", label), f"{path}: sampling/{label}/sampler")
+        variant = options.get("search", {}).get("variant")
+        if variant == "autodiffusion" and pieces.name_of(options.get("sampler", label)) not in diffusion.SCHEDULERS:
+            raise ConfigError(f"{path}: sampling/{label}/search: autodiffusion searches the timesteps of a diffusers "
+                              f"scheduler (sampler: one of {sorted(diffusion.SCHEDULERS)}), not {options.get('sampler', label)!r}")
+        if not runs_own_sampler(options):
+            pieces.check("sampler", options.get("sampler", label), f"{path}: sampling/{label}/sampler")
         known = sorted(set(experiment["models"]) | set(experiment.get("pretrained", {})))
         unknown = sorted(set(options.get("models", [])) - set(known))
         if unknown:
@@ -430,6 +453,12 @@ def model_plugins(experiment: dict, name: str) -> list[dict]:
     return [{"file": _relative(f), "sha256": file_sha256(f)} for f in sorted(files)]
 
 
+def runs_own_sampler(options: dict) -> bool:
+    """A sampling entry whose sampler is no registered piece: S3's search runs its own per-step-order
+    DPM-Solver++ (flowrepro.samplers.step_search)."""
+    return options.get("search", {}).get("variant") == "s3"
+
+
 def sampling_plugin_files(experiment: dict, model: str) -> list[str]:
     """The plugin files that supply a sampler or schedule the experiment runs on ``model``: with the
     model file, what its sample job reads (an edit to a plugin no sampling entry uses reruns nothing)."""
@@ -441,7 +470,8 @@ def sampling_plugin_files(experiment: dict, model: str) -> list[str]:
     for label, options in experiment.get("sampling", {}).items():
         if model not in options.get("models", [model]):
             continue
-        files.add(registry.SAMPLERS.source(pieces.name_of(options.get("sampler", label))))
+        if not runs_own_sampler(options):
+            files.add(registry.SAMPLERS.source(pieces.name_of(options.get("sampler", label))))
         schedule = pieces.name_of(options.get("schedule", "uniform"))
         if schedule in registry.SCHEDULES:
             files.add(registry.SCHEDULES.source(schedule))

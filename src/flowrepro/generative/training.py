@@ -168,7 +168,8 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     """Train ``model`` in place (and ``ema_model``, if given); return every step's loss.
 
     ``coupling(batch_size, generator)`` gives a batch (x0, x1) of ``config.batch_size`` (under
-    ``distributed``, the global batch; each rank keeps its rows). ``on_sync(step, history)`` is
+    ``distributed``, the global batch; each rank keeps its rows), or (x0, x1, labels) for a
+    class-conditional ``model`` (:mod:`flowrepro.generative.conditioning`). ``on_sync(step, history)`` is
     called at each sync point, after the losses up to ``step`` were read (the device is idle then).
     """
     import torch
@@ -176,6 +177,7 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
 
     from flowrepro import pieces
     from flowrepro.generative import losses
+    from flowrepro.generative.conditioning import labelled
     from flowrepro.generative.objectives import regression
 
     _ = losses  # registers mse and the time densities
@@ -244,13 +246,15 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
         for step in bar:
             if reseed:
                 torch.manual_seed(dropout_seed(seed, rank, step))
-            x0, x1 = coupling(config.batch_size, generator)
+            x0, x1, *labels = coupling(config.batch_size, generator)  # a class-conditional model's coupling adds labels
+            labels = labels[0] if labels else None
             t = sample_time(x1.shape[0], generator, device)
             if distributed:
                 x0, x1, t = distributed.shard(x0), distributed.shard(x1), distributed.shard(t)
+                labels = distributed.shard(labels) if labels is not None else None
             if channels_last and x1.dim() == 4:
                 x0, x1 = x0.contiguous(memory_format=layout), x1.contiguous(memory_format=layout)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), labelled(model, labels):
                 loss = objective(network, x0, x1, t, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

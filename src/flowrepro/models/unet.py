@@ -58,9 +58,12 @@ def resolve_network(network: str | dict) -> UNetPreset:
     return replace(base, **options) if base else UNetPreset(**options)
 
 
-def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "unet_tiny", in_channels: int | None = None):
+def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "unet_tiny", in_channels: int | None = None,
+               class_embeddings: int | None = None):
     """A UNet on (C, H, W) images laid out as ``network``; ``in_channels`` when the input has more
-    channels than the C it outputs (CAF's acceleration net reads [x, v0], 2C).
+    channels than the C it outputs (CAF's acceleration net reads [x, v0], 2C); ``class_embeddings``:
+    a learned embedding per class label, added to the time embedding (diffusers' ``num_class_embeds``),
+    and ``forward(x, t, labels)`` (:class:`flowrepro.generative.conditioning.ClassConditional`).
 
     Each level halves H and W, so H and W must be divisible by 2^(levels - 1). The flow time
     t in [0, 1] is fed as diffusers' timestep 1000 t (its sinusoidal embedding expects that range).
@@ -86,6 +89,8 @@ def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "
                    norm_num_groups=preset.norm_groups or min(8, min(channels)))
     if preset.dropout:
         options["dropout"] = preset.dropout
+    if class_embeddings:
+        options["num_class_embeds"] = class_embeddings
     if preset.ddpm_embedding:  # the layout of DDPM's own checkpoint (google/ddpm-cifar10-32)
         options.update(flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6, attention_head_dim=None)
 
@@ -94,9 +99,9 @@ def build_unet(shape: tuple[int, int, int], network: str | dict | UNetPreset = "
             super().__init__()
             self.unet = UNet2DModel(**options, **preset.extra)
 
-        def forward(self, x, t):
+        def forward(self, x, t, labels=None):
             t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
-            return self.unet(x, 1000 * t).sample
+            return self.unet(x, 1000 * t, class_labels=labels).sample
 
     return VelocityUNet()
 

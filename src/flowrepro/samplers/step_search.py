@@ -110,28 +110,20 @@ def run_entry(model: Callable, x, entry: dict, data_mean=None):
         x0 = None
         if entry.get("afs"):
             import torch
-            x0 = torch.as_tensor(np.asarray(data_mean), dtype=x.dtype)
+            x0 = torch.as_tensor(data_mean, dtype=x.dtype, device=x.device)
         return dpmpp_schedule(model, x, levels, entry["orders"], x0), (levels[0], 0.0)
     from flowrepro.samplers.diffusion import run_scheduler
 
     return run_scheduler(model, x, entry["sampler"], len(entry["timesteps"]), timesteps=entry["timesteps"])
 
 
-class _Fitness:
-    """Calibration solver error of a schedule entry; counts the search's own model calls."""
+class CalibrationFitness:
+    """Calibration solver error of a schedule entry, mean_n ||x_n(entry) - reference_n|| over flattened
+    points, from ``noise`` (VP space at t = 999) with the counted eps-model ``model`` (``model.calls``:
+    the search's own calls); ``mean`` is the data mean AFS starts from."""
 
-    def __init__(self, exact, seed: int, n_calibration: int) -> None:
-        import torch
-
-        from flowrepro.samplers.diffusion import reference_endpoint
-        from flowrepro.samplers.nfe import NFECounter
-
-        gen = torch.Generator().manual_seed(CALIBRATION_OFFSET + seed)
-        self.noise = torch.randn(n_calibration, exact.dim, dtype=torch.float64, generator=gen)
-        self.s_max = level_of_timestep(T_MAX)
-        self.ref = reference_endpoint(exact, self.noise, self.s_max, [0.0])[0.0]
-        self.model = NFECounter(exact.eps)
-        self.mean = exact.gmm.weights @ exact.gmm.means
+    def __init__(self, model, noise, reference, mean) -> None:
+        self.model, self.noise, self.ref, self.mean = model, noise, reference, mean
         self.cache: dict[str, float] = {}
 
     def __call__(self, entry: dict) -> float:
@@ -140,9 +132,47 @@ class _Fitness:
             self.cache[key] = float("inf")  # a repeated level is no schedule (h = 0)
         if key not in self.cache:
             x, _ = run_entry(self.model, self.noise, entry, self.mean)
-            value = float((x - self.ref).norm(dim=-1).mean())
+            value = float((x - self.ref).flatten(1).norm(dim=1).mean())
             self.cache[key] = value if math.isfinite(value) else float("inf")
         return self.cache[key]
+
+
+def calibration_noise(shape: tuple[int, ...], seed: int, n_calibration: int, dtype=None):
+    """The search's draws: ``manual_seed(CALIBRATION_OFFSET + seed)``, apart from every evaluation stream."""
+    import torch
+
+    generator = torch.Generator().manual_seed(CALIBRATION_OFFSET + seed)
+    return torch.randn(n_calibration, *shape, dtype=dtype or torch.float32, generator=generator)
+
+
+def exact_fitness(exact, seed: int, n_calibration: int) -> CalibrationFitness:
+    """The exact harness's fitness: the reference is the PF-ODE endpoint (dopri5, no model call)."""
+    import torch
+
+    from flowrepro.samplers.diffusion import reference_endpoint
+    from flowrepro.samplers.nfe import NFECounter
+
+    noise = calibration_noise((exact.dim,), seed, n_calibration, torch.float64)
+    reference = reference_endpoint(exact, noise, level_of_timestep(T_MAX), [0.0])[0.0]
+    return CalibrationFitness(NFECounter(exact.eps), noise, reference, exact.gmm.weights @ exact.gmm.means)
+
+
+def network_fitness(eps_at_level, shape: tuple[int, ...], seed: int, n_calibration: int, device="cpu",
+                    reference_steps: int = 100) -> CalibrationFitness:
+    """A trained network's fitness (``eps_at_level(x_vp, s)``, e.g. :class:`~flowrepro.samplers.trained_diffusion.EpsilonAtLevel`):
+    the reference is the network's own DPM-Solver++(2M) solve in ``reference_steps`` steps, and AFS's data
+    mean the mean of its data prediction at t = 999 over the draws (a network has no known mean); both
+    are model calls of the search, counted."""
+    from flowrepro.samplers.diffusion import run_scheduler
+    from flowrepro.samplers.nfe import NFECounter
+
+    counted = NFECounter(eps_at_level)
+    noise = calibration_noise(shape, seed, n_calibration).to(device)
+    reference, _ = run_scheduler(counted, noise, "dpmsolver++2m", reference_steps)
+    s = level_of_timestep(T_MAX)
+    alpha, sigma = 1 / math.sqrt(1 + s * s), s / math.sqrt(1 + s * s)
+    mean = ((noise - sigma * counted(noise, s)) / alpha).mean(dim=0)
+    return CalibrationFitness(counted, noise, reference, mean)
 
 
 def _uniform_ts(k: int) -> list[float]:
@@ -227,7 +257,13 @@ def evolve(fitness: Callable[[dict], float], initial: list[dict], mutate: Callab
 def search(exact, seed: int, variant: str, budget: int, options: dict) -> dict:
     """One search for ``budget`` counted NFE on the calibration noise of ``seed``; a schedule-file entry."""
     start = time.perf_counter()
-    fit = _Fitness(exact, seed, int(options.get("n_calibration", 256)))
+    fit = exact_fitness(exact, seed, int(options.get("n_calibration", 256)))
+    return search_with(fit, seed, variant, budget, options, start)
+
+
+def search_with(fit: CalibrationFitness, seed: int, variant: str, budget: int, options: dict, start: float | None = None) -> dict:
+    """:func:`search` with a given fitness (the exact harness's, or a trained network's: :func:`network_fitness`)."""
+    start = time.perf_counter() if start is None else start
     rng = np.random.default_rng(CALIBRATION_OFFSET + seed)
     population, generations = int(options.get("population", 20)), int(options.get("generations", 10))
     parents = int(options.get("parents", population // 2))
@@ -243,7 +279,7 @@ def search(exact, seed: int, variant: str, budget: int, options: dict) -> dict:
         best, hist = evolve(fit, initial, _ad_mutate, _ad_cross, rng, generations, population, parents)
     else:
         raise ValueError(f"unknown search variant {variant!r} (s3 or autodiffusion)")
-    calls = fit.model.calls  # every model call of the search, the reference solve excluded (dopri5, not the model)
+    calls = fit.model.calls  # every model call of the search (the harness's dopri5 reference calls no model)
     return {**best, "fitness": hist[-1], "fitness_history": hist, "search_calls": calls,
             "evaluations": len(fit.cache), "n_calibration": int(fit.noise.shape[0]),
             "calibration_seed": CALIBRATION_OFFSET + seed, "wall_s": round(time.perf_counter() - start, 3)}

@@ -13,7 +13,10 @@ fid_classifier covers them); inversion_error, mean_n ||z0_n - z0'_n|| between
 the first samples z0 of a run whose sampler has a round trip (bdia, ddim) and their data -> noise
 -> data round trip through the network in float64 (written by the sample stage); solver_error, the mean distance of each run's samples to a fine solve
 of the model's own ODE from the same noise, where the experiment asks for that ``reference:``;
-coupling_error, mean_n ||x1_hat(x0_n) - x1_n|| of each run's samples against held-out coupled pairs, where
+class_accuracy and divergence_rate for guided runs of a class-conditional model (a sampling entry's
+``guidance:``; :mod:`flowrepro.metrics.conditional`, :mod:`flowrepro.metrics.divergence` with R the
+99th percentile of ||x1|| over the training data), whose solver_error is against a ``reference:`` of
+the same guidance only; coupling_error, mean_n ||x1_hat(x0_n) - x1_n|| of each run's samples against held-out coupled pairs, where
 the experiment names a ``coupling_reference: {model, sampler, setting}`` run: every model of a seed samples
 the same evaluation noise x0 (disjoint from the reflow pairs' noise), so that run (e.g. 1-RF's RK4 at
 ``pair_steps``, the reflow pairs' solver) gives x1 for each x0 (:mod:`flowrepro.metrics.coupling`);
@@ -86,10 +89,24 @@ def run(experiment_file: str, scale_file: str, data_files: list[str], sample_fil
             rows.append({**base, "dataset": dataset, "method": "classifier", "sampler": "", "schedule": "", "nfe": 0,
                          "seed": 0, "metric": "test_accuracy", "value": accuracies[dataset],
                          "wall_s": 0.0})
+    radii: dict[str, float] = {}  # divergence_rate's R per dataset, computed at its first guided run
+
+    def guided_quality(samples: np.ndarray, dataset: str, classes: int) -> dict[str, float]:
+        """A guided run's class accuracy (images) and divergence rate (conditioning, metrics.divergence)."""
+        from flowrepro.metrics.conditional import class_accuracy
+        from flowrepro.metrics.divergence import divergence_rate
+
+        if dataset not in radii:
+            radii[dataset] = _data_radius(next(a["train"] for p, a in references.items() if _dataset_name(p) == dataset))
+        values = {"divergence_rate": divergence_rate(samples.reshape(len(samples), -1), radii[dataset])}
+        if dataset in classifiers:
+            values["class_accuracy"] = class_accuracy(samples, classifiers[dataset], classes)
+        return values
+
     coupled = coupling_references(experiment, sample_files)  # (dataset, seed) -> held-out x1 of the evaluation noise
     for path in sample_files:
         with io.open_npz(path) as samples:
-            rows += _sample_rows(path, samples, references, w2_reference, quality, base, scale, coupled)
+            rows += _sample_rows(path, samples, references, w2_reference, quality, base, scale, coupled, guided_quality)
     io.write_table(out, rows)
     images = sorted(set(classifiers) & {_dataset_name(p) for p in references})
     features = [f"fid_classifier: penultimate layer (128-d) of the {d} CNN classifier, test accuracy "
@@ -106,7 +123,7 @@ MMD_MAX_POINTS = 1000
 
 
 def _sample_rows(path: str, samples, references: dict, w2_reference, quality, base: dict, scale: dict,
-                 coupled: dict | None = None) -> list[dict]:
+                 coupled: dict | None = None, guided_quality=None) -> list[dict]:
     """The metric rows of one sample file (read lazily, one run at a time)."""
     from flowrepro.metrics.flow import arc_chord_gap, straightness, transport_cost
 
@@ -124,6 +141,9 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         generated = samples[run_info["key"]]
         for metric, value in quality(generated, dataset, test).items():
             rows.append({**row, "metric": metric, "value": value})
+        if "guidance" in run_info and guided_quality is not None:  # a guided run: class accuracy, divergence
+            for metric, value in guided_quality(generated, dataset, run_info["classes"]).items():
+                rows.append({**row, "metric": metric, "value": value})
         rows.append({**row, "metric": "nfe", "value": float(run_info["nfe"])})
         if run_info.get("calibration_nfe"):  # BOSS's or DPM-Solver-v3's one-off model calls, apart from the NFE
             rows.append({**row, "metric": "calibration_calls", "value": float(run_info["calibration_nfe"])})
@@ -133,7 +153,8 @@ def _sample_rows(path: str, samples, references: dict, w2_reference, quality, ba
         if (dataset, run_info["seed"]) in (coupled or {}):  # against held-out coupled pairs (coupling_reference:)
             rows.append({**row, "metric": "coupling_error", "value": coupling_error(generated, coupled[(dataset, run_info["seed"])])})
         reference_key = f"reference/seed{run_info['seed']}"
-        if reference_key in samples.files:  # mean distance to the fine solve of the same ODE from the same noise
+        same_ode = run_info.get("guidance") == index.get("reference_guidance")  # the guided ODE differs with w
+        if reference_key in samples.files and same_ode:  # mean distance to the fine solve of the same ODE from the same noise
             gap = generated - samples[reference_key]
             rows.append({**row, "metric": "solver_error", "value": float(np.linalg.norm(gap.reshape(len(gap), -1), axis=1).mean())})
     times = samples["trajectory_times"]
@@ -186,6 +207,14 @@ def quality_metrics(samples: np.ndarray, dataset: str, test: np.ndarray, classif
         values["sliced_w2"] = sliced_wasserstein(flat, flat_test, seed=0)
         values["mmd"] = mmd_rbf(flat, flat_test, max_points=MMD_MAX_POINTS, seed=0)
     return values
+
+
+def _data_radius(train: np.ndarray, quantile: float = 0.99, chunk: int = 4096) -> float:
+    """R of ``divergence_rate``: the 99th percentile of ||x1|| over the training data (metrics.divergence),
+    a chunk of rows at a time (CIFAR-10's training set is 600 MB in float32)."""
+    norms = [np.linalg.norm(train[i:i + chunk].reshape(-1, int(np.prod(train.shape[1:]))).astype(np.float64), axis=1)
+             for i in range(0, len(train), chunk)]
+    return float(np.quantile(np.concatenate(norms), quantile))
 
 
 def _classifier_accuracy(classifier_file: str) -> float:

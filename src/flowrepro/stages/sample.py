@@ -158,11 +158,15 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str | No
             if reference and info["dataset"] in reference.get("datasets", [info["dataset"]]):  # solver error's ground truth
                 fine = np.linspace(0.0, 1.0, reference["steps"] + 1)
                 solve = lambda x, _i: ode.integrate_fixed(counter, x, fine, reference["sampler"])  # noqa: E731
+                solve = guided_batches(solve, model, reference.get("guidance"), batch)  # the guided ODE, where given
                 writer.add(f"reference/seed{seed}", batched(solve, x0, batch, counter, device)[0])
             n_paths = min(settings.get("trajectory_samples", len(x0)), len(x0))
             _, trajectory = ode.integrate_fixed(model, x0[:n_paths].to(device), times, "euler", return_trajectory=True)
             writer.add(f"trajectory/seed{seed}", trajectory.cpu().numpy())
-        writer.add("runs", np.array(json.dumps({"model": method, "dataset": info["dataset"], "runs": runs})))
+        index = {"model": method, "dataset": info["dataset"], "runs": runs}
+        if "guidance" in experiment.get("reference", {}):  # solver_error only for runs of the same guidance
+            index["reference_guidance"] = experiment["reference"]["guidance"]
+        writer.add("runs", np.array(json.dumps(index)))
     print(f"sample: wrote {out} ({len(runs)} runs)")
 
 
@@ -171,9 +175,14 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
     """Every run of one ``sampling:`` entry on one seed's model; each run's samples go to ``writer``."""
     from flowrepro import pieces
     from flowrepro.registry import SAMPLERS
+    from flowrepro.generative.conditioning import conditional_network, guided
     from flowrepro.samplers import bdia, caf, diffusion, ode, sde, trained_diffusion
     from flowrepro.samplers.nfe import NFECounter
 
+    if "search" in options:  # a schedule searched on this seed's model first, then sampled
+        if "guidance" in options:
+            raise ValueError(f"sampling/{label}: search with guidance is not supported")
+        return _searched_runs(writer, label, options, model, x0, seed, info, batch, device)
     if options.get("pair_steps"):  # the scale's pair_steps steps (with rk4: the reflow pairs' own solve)
         options = {**options, "nfe": [ode.CALLS_PER_STEP[pieces.name_of(options.get("sampler", label))] * settings["pair_steps"]]}
     name, settings_list = sampler_runs(label, options)
@@ -181,10 +190,12 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
     field = sde.PerturbedVelocity(model, options["velocity_error"]) if "velocity_error" in options else model
     counter = NFECounter(field)
     grids, calibration_nfe = {}, 0
+    guidance = options.get("guidance")  # classifier-free guidance of a class-conditional model: every call of the entry
     if pieces.name_of(options.get("schedule", "uniform")) == "boss":
         max_steps = max(kwargs["steps"] for _, kwargs in settings_list)
-        grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
-                                             max_steps, info["shape"], seed, device)
+        with guided(model, guidance):
+            grids, calibration_nfe = _boss_grids(field, options, settings, name in diffusion.SCHEDULERS,
+                                                 max_steps, info["shape"], seed, device)
         print(f"sample: {label} seed {seed}: BOSS grids from {calibration_nfe} calibration calls")
     runs, model64, eps64 = [], None, None  # the float64 copy of the network for round trips (and its eps view), once per entry
     for schedule, kwargs in settings_list:
@@ -212,21 +223,72 @@ def _sampler_runs(writer, label: str, options: dict, model, x0, seed: int, info:
             else:
                 call = lambda x, _i, k=kwargs: sampler(counter, x, **k)  # noqa: E731
             setting = f"rtol={kwargs['rtol']:g}" if "rtol" in kwargs else f"steps={len(kwargs['times']) - 1}"
-        samples, nfe, wall = batched(call, x0, batch, counter, device)
+        samples, nfe, wall = batched(guided_batches(call, model, guidance, batch), x0, batch, counter, device)
         key = f"{label}/{schedule}/{setting}/seed{seed}"
         writer.add(key, samples)
         runs.append({"key": key, "sampler": label, "schedule": schedule, "setting": setting,
                      "seed": seed, "nfe": nfe, "wall_s": wall, "calibration_nfe": calibration_nfe})
-        if name in bdia.ROUND_TRIPS and schedule == "uniform" and "steps" in kwargs:  # data -> noise -> data through the network, same steps
+        if guidance is not None:  # sample i asks for class i mod classes (conditioning.class_labels)
+            runs[-1].update(guidance=guidance, classes=conditional_network(model).classes)
+        if name in bdia.ROUND_TRIPS and schedule == "uniform" and "steps" in kwargs and options.get("round_trip", True):  # data -> noise -> data, same steps
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
             model64 = model64 or trained_diffusion.float64_copy(model)
             eps64 = eps64 or trained_diffusion.EpsilonAtLevel(model64)
-            writer.add(runs[-1]["roundtrip_key"], _round_trip(name, eps64, samples, kwargs, device))
+            with guided(model64, guidance):
+                writer.add(runs[-1]["roundtrip_key"], _round_trip(name, eps64, samples, kwargs, device))
         elif options.get("round_trip") and name in caf.FLOW_ROUND_TRIPS and "times" in kwargs:  # a flow's data -> noise -> data, same grid
             runs[-1]["roundtrip_key"] = f"roundtrip/{key}"
             model64 = model64 or trained_diffusion.float64_copy(model)
-            writer.add(runs[-1]["roundtrip_key"], caf.flow_round_trip(name, model64, samples, kwargs["times"], ROUND_TRIP_POINTS, device))
+            with guided(model64, guidance):
+                writer.add(runs[-1]["roundtrip_key"], caf.flow_round_trip(name, model64, samples, kwargs["times"], ROUND_TRIP_POINTS, device))
     return runs
+
+
+def _searched_runs(writer, label: str, options: dict, model, x0, seed: int, info: dict, batch: int, device: str) -> list[dict]:
+    """A ``search:`` entry: for each NFE budget, :func:`flowrepro.samplers.step_search.search_with` on this
+    seed's model and its calibration draws (never the evaluation noise ``x0``), then the found schedule
+    from ``x0``. The search's model calls are the run's ``calibration_nfe``; the schedule is in its index entry."""
+    from flowrepro import pieces
+    from flowrepro.samplers import step_search, trained_diffusion
+    from flowrepro.samplers.nfe import NFECounter
+
+    search, sampler = options["search"], pieces.name_of(options.get("sampler", label))
+    counter = NFECounter(model)
+    eps = trained_diffusion.EpsilonAtLevel(counter)
+    runs = []
+    for budget in options["nfe"]:
+        fit = step_search.network_fitness(trained_diffusion.EpsilonAtLevel(model), tuple(info["shape"]), seed,
+                                          int(search.get("n_calibration", 64)), device)
+        found = step_search.search_with(fit, seed, search["variant"], int(budget), {**search, "sampler": sampler})
+        print(f"sample: {label} seed {seed}: searched {[round(float(t), 1) for t in found['timesteps']]} "
+              f"from {found['search_calls']} calls (fitness {found['fitness_history'][0]:.4g} -> {found['fitness']:.4g})")
+        call = lambda x, _i, e=found, m=fit.mean: step_search.run_entry(eps, x, e, m)[0]  # noqa: E731
+        samples, nfe, wall = batched(call, x0, batch, counter, device)
+        key = f"{label}/searched/nfe={budget}/seed{seed}"
+        writer.add(key, samples)
+        runs.append({"key": key, "sampler": label, "schedule": "searched", "setting": f"nfe={budget}", "seed": seed,
+                     "nfe": nfe, "wall_s": wall, "calibration_nfe": found["search_calls"],
+                     "searched": {k: found[k] for k in SEARCH_RECORD if k in found}})
+    return runs
+
+
+#: What a searched run's index entry keeps of its search (step_search.search_with's result).
+SEARCH_RECORD = ("variant", "timesteps", "orders", "afs", "fitness", "fitness_history", "evaluations", "n_calibration",
+                 "calibration_seed", "wall_s")
+
+
+def guided_batches(call, model, guidance: float | None, batch: int):
+    """``call(x, index)`` for :func:`batched` with ``model`` guided at scale ``guidance`` (None: ``call``
+    itself), batch ``index`` holding the run's rows from ``index * batch`` (their classes)."""
+    if guidance is None:
+        return call
+    from flowrepro.generative.conditioning import guided
+
+    def guided_call(x, index):
+        with guided(model, guidance, index * batch):
+            return call(x, index)
+
+    return guided_call
 
 
 #: Points of a run's samples taken through its round trip (inversion_error): the error is a mean over

@@ -20,7 +20,18 @@ def build_model(shape: tuple[int, ...], settings: dict, spec: dict | None = None
     networks, an encoder beside the flow), else one flow network (:func:`build_network`)."""
     from flowrepro.generative.objectives import objective_piece
 
-    hook = getattr(objective_piece(spec or {}), "network", None)
+    spec = spec or {}
+    hook = getattr(objective_piece(spec), "network", None)
+    if "condition" in spec:  # one network, told each sample's class (label dropout makes it unconditional too)
+        from flowrepro.generative.conditioning import ClassConditional
+        from flowrepro.models.unet import build_unet
+
+        classes = spec["condition"]["classes"]
+        if len(shape) != 3:
+            raise ValueError(f"condition: needs an image model (a UNet); this one's data has shape {shape}")
+        if hook:
+            raise ValueError(f"condition: needs one flow network; objective {spec.get('objective')!r} builds its own")
+        return ClassConditional(build_unet(tuple(shape), settings["network"], class_embeddings=classes + 1), classes)
     return hook(shape, settings, spec, build_network) if hook else build_network(shape, settings)
 
 
@@ -139,7 +150,8 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
         raise ValueError(f"model {name!r}: " + ("its spec names a teacher; give --teacher" if teacher_files is None
                                                  else "--teacher given, but its spec names no teacher"))
     teachers = load_models(teacher_files, device)[1] if teacher_files else {}
-    data = torch.as_tensor(io.load_data(data_file)["train"], device=device)
+    arrays = io.load_data(data_file)
+    data = torch.as_tensor(arrays["train"], device=device)
     data = data if data.dim() == 4 else data.flatten(1)  # images keep (C, H, W) for the UNet
     shape = tuple(data.shape[1:])
     reflow = pieces.name_of(spec.get("coupling", "independent")) == "reflow"
@@ -169,6 +181,8 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
             rows = np.load(pairs_file, mmap_mode="r").shape[0]
             seed_pairs = PairsOnDisk(pairs_file, _pairs_index(pairs_file, rows, seed, scale), device)
             coupling = lambda n, g, p=seed_pairs: couplings.reflow(p, n, g)  # noqa: E731
+        elif "condition" in spec:  # (x0, x1, the label of x1 or the null class)
+            coupling = _labelled_coupling(spec, data, arrays.get("train_labels"), data_file, settings, seed)
         else:
             pair_up = pieces.build("coupling", spec.get("coupling", "independent"))
             options = {"reg": spec["coupling_reg"]} if "coupling_reg" in spec else {}  # e.g. minibatch_sinkhorn's
@@ -191,6 +205,24 @@ def run(description: dict, scale_file: str, data_file: str, out: str, pairs_file
     for seed in seeds:
         Path(f"{out}.seed{seed}.ckpt").unlink(missing_ok=True)
     print(f"train: wrote {out}")
+
+
+def _labelled_coupling(spec: dict, data, train_labels, data_file: str, settings: dict, seed: int):
+    """Independent pairs with the data's labels, dropped to the null class at ``condition.label_dropout``."""
+    import torch
+
+    from flowrepro.generative.conditioning import labelled_independent
+    from flowrepro.generative.data_views import RandomHorizontalFlip
+
+    condition = spec["condition"]
+    if train_labels is None:
+        raise KeyError(f"{data_file}: no train_labels, which a model with condition: needs")
+    labels = torch.as_tensor(train_labels, dtype=torch.long, device=data.device)
+    if len(labels) != len(data) or labels.min() < 0 or labels.max() >= condition["classes"]:
+        raise ValueError(f"{data_file}: train_labels must be {len(data)} classes in [0, {condition['classes']}) "
+                         f"(condition.classes); got {len(labels)} in [{int(labels.min())}, {int(labels.max())}]")
+    source = RandomHorizontalFlip(data, seed) if settings.get("hflip") else data
+    return lambda n, g: labelled_independent(source, labels, n, g, condition["classes"], condition["label_dropout"])
 
 
 def _load_seeds(model_files: list[str] | str, device: str) -> dict:
