@@ -133,10 +133,16 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    return sha256_files([path], chunk)
+
+
+def sha256_files(paths, chunk: int = 1 << 20) -> str:
+    """sha256 over the files' bytes in order (one file: its own sha256), read a chunk at a time."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

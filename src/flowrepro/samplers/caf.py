@@ -25,12 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flowrepro.registry import SAMPLERS
-
-
-def _times(x, value: float):
-    import torch
-
-    return torch.full((x.shape[0],), float(value), dtype=x.dtype, device=x.device)
+from flowrepro.samplers.ode import time_vector
 
 
 def caf_generate(model, x0, times, v0=None):
@@ -42,7 +37,7 @@ def caf_generate(model, x0, times, v0=None):
         v0 = model.initial_velocity(x0) if v0 is None else v0
         for t_now, t_next in zip(times[:-1], times[1:]):
             dt = float(t_next - t_now)
-            z = z + v0 * dt + (float(t_now) + dt / 2) * model.acceleration(z, _times(z, t_now), v0) * dt
+            z = z + v0 * dt + (float(t_now) + dt / 2) * model.acceleration(z, time_vector(z, t_now), v0) * dt
     return z
 
 
@@ -52,10 +47,10 @@ def caf_invert(model, x1, times):
 
     with torch.no_grad():
         z = x1
-        v0 = model.initial_velocity(x1, _times(x1, times[-1]))
+        v0 = model.initial_velocity(x1, time_vector(x1, times[-1]))
         for t_now, t_prev in zip(times[:0:-1], times[-2::-1]):
             dt = float(t_now - t_prev)
-            z = z - v0 * dt - (float(t_now) - dt / 2) * model.acceleration(z, _times(z, t_now), v0) * dt
+            z = z - v0 * dt - (float(t_now) - dt / 2) * model.acceleration(z, time_vector(z, t_now), v0) * dt
     return z, v0
 
 
@@ -83,7 +78,7 @@ def euler_round_trip(model, x1, times):
     with torch.no_grad():
         z = x1
         for t_now, t_prev in zip(times[:0:-1], times[-2::-1]):
-            z = z - float(t_now - t_prev) * model(z, _times(z, t_now))
+            z = z - float(t_now - t_prev) * model(z, time_vector(z, t_now))
     return integrate_fixed(model, z, times, "euler")
 
 

@@ -40,6 +40,13 @@ def _step_rk4(v, x, t, h):
 _STEPS = {"euler": _step_euler, "midpoint": _step_midpoint, "heun": _step_heun, "rk4": _step_rk4}
 
 
+def time_vector(x, value: float):
+    """The time ``value`` once per row of ``x`` (what a model f(x, t) takes), on its dtype and device."""
+    import torch
+
+    return torch.full((x.shape[0],), float(value), dtype=x.dtype, device=x.device)
+
+
 def integrate_fixed(velocity: Callable, x0, times, method: str = "euler", return_trajectory: bool = False):
     """Integrate from ``times[0]`` to ``times[-1]`` with one ``method`` step per interval."""
     import torch
@@ -48,8 +55,7 @@ def integrate_fixed(velocity: Callable, x0, times, method: str = "euler", return
     x, trajectory = x0, [x0]
     with torch.no_grad():
         for t_now, t_next in zip(times[:-1], times[1:]):
-            t = torch.full((x.shape[0],), float(t_now), dtype=x.dtype, device=x.device)
-            x = step(velocity, x, t, float(t_next - t_now))
+            x = step(velocity, x, time_vector(x, t_now), float(t_next - t_now))
             if return_trajectory:
                 trajectory.append(x)
     return (x, torch.stack(trajectory)) if return_trajectory else x

@@ -16,7 +16,6 @@ cost: ``calls`` (network evaluations of the whole calibration set, a JVP countin
 """
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
@@ -54,12 +53,7 @@ def ems_settings(options: dict, settings: dict | None = None) -> tuple[dict, dic
 
 def files_digest(model_files) -> str:
     """sha256 over the model file(s), in order: the identity of the model an EMS belongs to."""
-    digest = hashlib.sha256()
-    for path in [model_files] if isinstance(model_files, str) else model_files:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return io.sha256_files([model_files] if isinstance(model_files, str) else model_files)
 
 
 def run(experiment_file: str, scale_file: str, model_files: list[str] | str, data_file: str, out: str,
