@@ -81,6 +81,31 @@ def test_an_ema_decay_the_scale_gives_anyway_shares_the_model():
     assert sorted((o["experiment"], o["dataset"]) for o in owners.values()) == [("a", "digits"), ("a", "moons"), ("b", "moons")]
 
 
+def test_a_model_with_scales_runs_only_there_with_the_key_it_has_without():
+    """models/<name>/scales: elsewhere the model, the sampling entries left without a model and a coupling
+    reference on it drop out (its claims find no rows: not-run); where it runs, its key is the spec's without
+    scales; a model that another one's pairs_from, init or teacher needs cannot be left out alone."""
+    from flowrepro.config import bind_roles, model_key
+
+    experiment = {"id": "e", "kind": "flow", "datasets": ["moons"],
+                  "models": {"a": {"path": "linear"}, "b": {"path": "vp", "scales": ["small"]}},
+                  "sampling": {"euler": {"nfe": [2]}, "ddim": {"models": ["b"], "nfe": [2]},
+                               "both": {"models": ["a", "b"], "nfe": [2]}},
+                  "coupling_reference": {"model": "b", "sampler": "euler"}}
+    tiny, small = ({"scale": name, "flow2d": {}} for name in ("tiny", "small"))
+    at_tiny = bind_roles(experiment, tiny)
+    assert list(at_tiny["models"]) == ["a"] and list(at_tiny["sampling"]) == ["euler", "both"]
+    assert at_tiny["sampling"]["both"]["models"] == ["a"] and "coupling_reference" not in at_tiny
+    at_small = bind_roles(experiment, small)
+    assert list(at_small["models"]) == ["a", "b"] and list(at_small["sampling"]) == ["euler", "ddim", "both"]
+    plain = {**experiment, "models": {"a": {"path": "linear"}, "b": {"path": "vp"}}}
+    assert model_key(at_small, "b", "moons", small) == model_key(plain, "b", "moons", small) == model_key(experiment, "b", "moons", small)
+    assert "scales" in experiment["models"]["b"]  # the loaded experiment is not changed
+    experiment["models"]["c"] = {"path": "linear", "init": "b"}
+    with pytest.raises(ConfigError, match=r"e: models/c/init names 'b', which its scales: leave out at scale 'tiny'"):
+        bind_roles(experiment, tiny)
+
+
 def test_min_seeds_extends_the_scales_seeds_for_cheap_benchmarks():
     from flowrepro.config import benchmark_seeds
 

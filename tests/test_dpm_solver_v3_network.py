@@ -81,6 +81,7 @@ def test_jvp_through_a_diffusers_unet_matches_finite_differences():
     from flowrepro.generative.parameterization import AsVelocity
     from flowrepro.generative.paths import VPPath
     from flowrepro.models.unet import build_unet
+    from flowrepro.samplers.model_statistics import forward_jvp
     from flowrepro.samplers.trained_diffusion import EpsilonOfLambda, forward_ad_safe
 
     torch.manual_seed(0)
@@ -95,8 +96,11 @@ def test_jvp_through_a_diffusers_unet_matches_finite_differences():
         central = lambda h: (eps(x, lam + h) - eps(x, lam - h)) / (2 * h)  # noqa: E731
         fd_lam = (4 * central(2e-4) - central(4e-4)) / 3  # Richardson: O(h^4)
     with forward_ad_safe():
-        value, jvp_x = torch.func.jvp(lambda y: eps(y, lam), (x,), (v,))
-        _, jvp_lam = torch.func.jvp(lambda m: eps(x, m), (lam,), (torch.ones_like(lam),))
+        value, jvp_x = forward_jvp(lambda y: eps(y, lam), (x,), (v,))
+        _, jvp_lam = forward_jvp(lambda m: eps(x, m), (lam,), (torch.ones_like(lam),))
+        func_value, func_jvp_x = torch.func.jvp(lambda y: eps(y, lam), (x,), (v,))
+    scale = float(jvp_x.abs().max())  # forward_jvp is torch.func.jvp's result (to float64 rounding)
+    assert float((value - func_value).abs().max()) < 1e-12 and float((jvp_x - func_jvp_x).abs().max()) < 1e-12 * scale
     assert float((value.detach() - eps(x, lam).detach()).abs().max()) < 1e-10  # the written-out GroupNorm: same values
     assert float((jvp_x - fd_x).abs().max()) < 1e-6 * float(fd_x.abs().max())
     assert float((jvp_lam - fd_lam).abs().max()) < 1e-3 * float(fd_lam.abs().max())

@@ -43,6 +43,17 @@ def test_exact_mixture_matches_gmm_module(gmm2d, noise):
         assert torch.allclose(exact.eps(noise, s), D.exact_eps(gmm, noise, s), atol=1e-10)
 
 
+def test_eps_and_velocity_are_the_posterior_means():
+    """eps and velocity compute only the combination they return: E[x0 | x] and E[x1 | x] - E[x0 | x]."""
+    exact = D.ExactMixture(mixture("gmm16d"))
+    x = 3 * torch.randn(200, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t in (0.0, 0.3, 1.0):
+        e_x1, e_x0 = exact.posterior(x, t, 1.0 - t)
+        assert torch.allclose(exact.velocity(x, t), e_x1 - e_x0, rtol=0, atol=1e-12)
+    alpha, sigma = D.vp_alpha_sigma(0.7)
+    assert torch.allclose(exact.eps(x, 0.7), exact.posterior(x, alpha, sigma)[1], rtol=0, atol=1e-12)
+
+
 def test_vp_eps_matches_monte_carlo(gmm2d):
     """eps*(x) = (x - alpha E[x1 | x]) / sigma; E[x1 | x] by self-normalised sampling of x1 ~ p_data."""
     gmm, exact = gmm2d

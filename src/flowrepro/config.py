@@ -321,7 +321,8 @@ def roles(scale: dict) -> dict[str, str]:
 
 def bind_roles(experiment: dict, scale: dict, source: str | Path = "") -> dict:
     """The experiment with every dataset role (``datasets:``, sampling and reference filters) replaced
-    by the scale's dataset; claims keep the role and are resolved by :func:`flowrepro.claims.check_claim`."""
+    by the scale's dataset, and without the models whose ``scales:`` leave this scale out (nor their
+    sampling entries); claims keep the role and are resolved by :func:`flowrepro.claims.check_claim`."""
     import copy
 
     mapping = roles(scale)
@@ -330,7 +331,7 @@ def bind_roles(experiment: dict, scale: dict, source: str | Path = "") -> dict:
     if unknown:
         raise ConfigError(f"{source or experiment['id']}: dataset role(s) {unknown} have no dataset at scale "
                           f"{scale['scale']!r} (its roles: {mapping})")
-    bound = copy.deepcopy(experiment)
+    bound = _models_at_scale(copy.deepcopy(experiment), scale["scale"], source)
     resolve = lambda names: [mapping.get(n, n) for n in names]  # noqa: E731
     if "datasets" in bound:
         bound["datasets"] = resolve(bound["datasets"])
@@ -341,6 +342,34 @@ def bind_roles(experiment: dict, scale: dict, source: str | Path = "") -> dict:
         bound["reference"]["datasets"] = resolve(bound["reference"]["datasets"])
     bound["roles"] = mapping
     return bound
+
+
+def _models_at_scale(experiment: dict, scale_name: str, source: str | Path = "") -> dict:
+    """Drop (in place) the models whose ``scales:`` do not list ``scale_name``, the sampling entries left
+    with no model and a coupling reference on a dropped model; ``scales`` leaves the kept specs, so a
+    model's key is the same with or without it. Claims on a dropped model find no rows: not-run."""
+    models = experiment.get("models", {})
+    dropped = {name for name, spec in models.items() if scale_name not in spec.get("scales", [scale_name])}
+    for name, spec in models.items():
+        spec.pop("scales", None)
+        needed = [key for key in MODEL_REFERENCES if spec.get(key) in dropped and name not in dropped]
+        if needed:
+            raise ConfigError(f"{source or experiment['id']}: models/{name}/{needed[0]} names {spec[needed[0]]!r}, "
+                              f"which its scales: leave out at scale {scale_name!r}")
+    if not dropped:
+        return experiment
+    experiment["models"] = {name: spec for name, spec in models.items() if name not in dropped}
+    sampling = {}
+    for label, options in experiment.get("sampling", {}).items():
+        if "models" in options:
+            options["models"] = [m for m in options["models"] if m not in dropped]
+            if not options["models"]:
+                continue
+        sampling[label] = options
+    experiment["sampling"] = sampling
+    if experiment.get("coupling_reference", {}).get("model") in dropped:
+        del experiment["coupling_reference"]
+    return experiment
 
 
 #: Role names an experiment may list under ``datasets:`` (the scale maps each to a dataset).
@@ -417,7 +446,7 @@ def model_identity(experiment: dict, name: str, dataset: str, scale: dict | None
     names the experiment, so every experiment that defines this model shares its file and job."""
     from flowrepro import pieces
 
-    spec = MODEL_DEFAULTS | experiment["models"][name]  # {path: linear} and {path: linear, coupling: independent} are one model
+    spec = MODEL_DEFAULTS | {k: v for k, v in experiment["models"][name].items() if k != "scales"}  # {path: linear} = {path: linear, coupling: independent}
     spec = {k: pieces.canonical(v) if k in MODEL_PIECES else v for k, v in spec.items()}
     identity = {"dataset": dataset, "spec": spec, "plugins": sorted(f["sha256"] for f in model_plugins(experiment, name))}
     if scale is not None:

@@ -100,6 +100,16 @@ def eps_jacobian_diagonal(exact_mixture, x, alpha: float, sigma: float):
     return sigma * resp @ inv_diag - ((resp[..., None] * e_k * e_k).sum(1) - eps * eps) / sigma
 
 
+def forward_jvp(fn: Callable, primals: tuple, tangents: tuple):
+    """(fn(*primals), J fn . tangents) by forward-mode AD: torch.func.jvp's result from dual tensors
+    (torch.autograd.forward_ad), without functorch's per-op wrapping (5x faster on the mixture's eps)."""
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        out = fwad.unpack_dual(fn(*(fwad.make_dual(p, t) for p, t in zip(primals, tangents))))
+        return out.primal, out.tangent
+
+
 def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0, diagonal: str = "closed_form") -> EMS:
     """The EMS of the exact eps of a Gaussian mixture (:class:`~flowrepro.samplers.diffusion.ExactMixture`).
 
@@ -152,7 +162,7 @@ def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0,
         l_rows.append((sigma * diag).mean(0))
         eps = eps_at(x, lam)
         velocity = sigma**2 * x - sigma * eps  # dx/dlambda on the PF-ODE
-        value, total = jvp(scaled_eps, (x, lam), (velocity, torch.ones((), dtype=torch.float64)))
+        value, total = forward_jvp(scaled_eps, (x, lam), (velocity, torch.ones((), dtype=torch.float64)))
         firsts.append((x / alpha, value, total))
         calls += 2
     stats = [_stats(u, g_value, g_total, l_k) for (u, g_value, g_total), l_k in zip(firsts, l_rows)]
@@ -178,7 +188,6 @@ def ems_network(eps_fn: Callable, lambdas, x0, z=None, seed: int = 0, diagonal: 
     Hutchinson, d + 2 exact. Statistics in float64, the network in the dtype of ``x0``.
     """
     import torch
-    from torch.func import jvp
 
     if diagonal not in ("hutchinson", "exact"):
         raise ValueError(f"diagonal {diagonal!r}: hutchinson or exact")
@@ -198,7 +207,7 @@ def ems_network(eps_fn: Callable, lambdas, x0, z=None, seed: int = 0, diagonal: 
             x = (alpha * x0[first:first + batch].to(torch.float64) + sigma * z[first:first + batch]).to(x0.dtype)
             if diagonal == "hutchinson":
                 v = probes[first:first + batch]
-                eps, jv = jvp(lambda y: eps_fn(y, lam), (x,), (v.to(x.dtype),))
+                eps, jv = forward_jvp(lambda y: eps_fn(y, lam), (x,), (v.to(x.dtype),))
                 diag = v * jv.detach().to(torch.float64)
             else:
                 eps = eps_fn(x, lam)
@@ -206,12 +215,12 @@ def ems_network(eps_fn: Callable, lambdas, x0, z=None, seed: int = 0, diagonal: 
                 for j in range(dim):  # column j of the Jacobian, its j-th entry
                     e_j = torch.zeros(x.shape[0], dim, dtype=x.dtype)
                     e_j[:, j] = 1
-                    jv = jvp(lambda y: eps_fn(y, lam), (x,), (e_j.reshape(x.shape),))[1]
+                    jv = forward_jvp(lambda y: eps_fn(y, lam), (x,), (e_j.reshape(x.shape),))[1]
                     diag.reshape(len(x), dim)[:, j] = jv.detach().reshape(len(x), dim)[:, j].to(torch.float64)
             diag_sum = diag_sum + diag.sum(0)
             eps = eps.detach()  # a network's parameters require grad: no graph is kept
             velocity = sigma**2 * x.to(torch.float64) - sigma * eps.to(torch.float64)  # dx/dlambda on the PF-ODE
-            g, h = jvp(lambda y, m: torch.exp(-m) * eps_fn(y, m), (x, lam), (velocity.to(x.dtype), one))
+            g, h = forward_jvp(lambda y, m: torch.exp(-m) * eps_fn(y, m), (x, lam), (velocity.to(x.dtype), one))
             parts.append((x.to(torch.float64) / alpha, g.detach().to(torch.float64), h.detach().to(torch.float64)))
         l_rows.append((sigma * diag_sum / n).numpy())
         u, g, h = (torch.cat(column) for column in zip(*parts))  # n x d per lambda: centred moments, no cancellation
