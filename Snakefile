@@ -60,10 +60,10 @@ def one_of(names):
     return "|".join(names) if names else "(?!)"
 
 
-def job_settings(dataset, experiment=None):
-    """The dataset's scale section (with ``experiment``: its training settings) as train, sample, reflow-pairs and
-    evaluate jobs read it, a change re-running them: without ``ems``, the sizes only the ems job reads (ems.smk)."""
-    settings = flow_settings(SCALE, dataset) if experiment is None else training_settings(SCALE, experiment, dataset)
+def job_settings(dataset, experiment=None, model=None):
+    """The dataset's scale section (with ``experiment``: its, or its ``model``'s, training settings) as train, sample,
+    reflow-pairs and evaluate jobs read it, a change re-running them: without ``ems``, the sizes only the ems job reads (ems.smk)."""
+    settings = flow_settings(SCALE, dataset) if experiment is None else training_settings(SCALE, experiment, dataset, model)
     return {k: v for k, v in settings.items() if k != "ems"}
 
 

@@ -106,6 +106,32 @@ def test_a_model_with_scales_runs_only_there_with_the_key_it_has_without():
         bind_roles(experiment, tiny)
 
 
+def test_a_models_recipes_from_trains_it_as_the_donor_does(tmp_path):
+    """models/<name>/recipes_from: that model trains with the donor experiment's recipe (so a model both define
+    is one file), the experiment's other models with the experiment's own; the key is not stored in the spec."""
+    from flowrepro.config import model_key, training_settings
+
+    def write(name, **fields):
+        data = {"id": name, "title": name, "source": "s", "kind": "flow", "datasets": ["images"],
+                "sampling": {"euler": {"nfe": [2]}}, "claims": [], **fields}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        return tmp_path / f"{name}.yaml"
+
+    write("teacher_paper", models={"vp": {"path": "vp", "prediction": "epsilon"}},
+          recipes={"tiny": {"steps": 1600, "sources": {"steps": "ours"}}})
+    write("student_paper", models={"vp": {"path": "vp", "prediction": "epsilon", "recipes_from": "teacher_paper"},
+                                   "lin": {"path": "linear"}})
+    teacher, student = (load_experiment(tmp_path / f"{n}.yaml") for n in ("teacher_paper", "student_paper"))
+    scale = load_scale(REPO / "config/scales/tiny.yaml")
+    assert "recipes_from" not in student["models"]["vp"]
+    assert training_settings(scale, student, "digits", "vp")["steps"] == 1600
+    assert training_settings(scale, student, "digits", "lin")["steps"] == scale["flow_images"]["steps"]
+    assert model_key(student, "vp", "digits", scale) == model_key(teacher, "vp", "digits", scale)
+    write("orphan_paper", models={"vp": {"path": "vp", "recipes_from": "missing_paper"}})
+    with pytest.raises(ConfigError, match="models/vp/recipes_from 'missing_paper': none of"):
+        load_experiment(tmp_path / "orphan_paper.yaml")
+
+
 def test_min_seeds_extends_the_scales_seeds_for_cheap_benchmarks():
     from flowrepro.config import benchmark_seeds
 

@@ -68,13 +68,10 @@ def load_experiment(path: str | Path) -> dict:
     if "recipes_from" in experiment:
         if "recipes" in experiment:
             raise ConfigError(f"{path}: give recipes or recipes_from, not both")
-        name = f"{experiment['recipes_from']}.yaml"  # beside this file, else in the workflow's config/experiments
-        candidates = [Path(path).parent / name, Path("config/experiments") / name]
-        donor_path = next((c for c in candidates if c.exists()), None)
-        if donor_path is None:
-            raise ConfigError(f"{path}: recipes_from {experiment['recipes_from']!r}: none of {[str(c) for c in candidates]} exists")
-        donor = validate(load_yaml(donor_path), "experiment", donor_path)
-        experiment["recipes"] = donor.get("recipes", {})  # the donor's own recipes_from is not followed
+        experiment["recipes"] = _donor_recipes(experiment["recipes_from"], path, "recipes_from")
+    for name, spec in experiment.get("models", {}).items():  # a model's own recipes_from: kept apart from its spec (and key)
+        if "recipes_from" in spec:
+            experiment.setdefault("model_recipes", {})[name] = _donor_recipes(spec.pop("recipes_from"), path, f"models/{name}/recipes_from")
     if experiment.get("models"):
         _check_piece_names(experiment, path)
     _check_pretrained(experiment, path)
@@ -94,6 +91,17 @@ def load_experiment(path: str | Path) -> dict:
                           f"known: {sorted(experiment['sampling'])}")
     _check_guidance(experiment, path)
     return experiment
+
+
+def _donor_recipes(donor: str, path: str | Path, key: str) -> dict:
+    """The ``recipes:`` of the experiment ``donor`` (a file beside ``path``, else in the workflow's
+    config/experiments); the donor's own recipes_from is not followed."""
+    name = f"{donor}.yaml"
+    candidates = [Path(path).parent / name, Path("config/experiments") / name]
+    donor_path = next((c for c in candidates if c.exists()), None)
+    if donor_path is None:
+        raise ConfigError(f"{path}: {key} {donor!r}: none of {[str(c) for c in candidates]} exists")
+    return validate(load_yaml(donor_path), "experiment", donor_path).get("recipes", {})
 
 
 def _check_guidance(experiment: dict, path: str | Path) -> None:
@@ -385,21 +393,23 @@ def flow_settings(scale: dict, dataset: str) -> dict:
     return scale["flow2d"]
 
 
-def training_settings(scale: dict, experiment: dict, dataset: str) -> dict:
-    """What trains a model of ``experiment`` on ``dataset``: the scale's section, then (images only) the
-    experiment's recipe for this scale (``recipes: {paper: ...}``; a scale may borrow another's with
-    ``recipes_of``), then the scale's ``flow_images/overrides`` (the smoke scale's two steps)."""
+def training_settings(scale: dict, experiment: dict, dataset: str, model: str | None = None) -> dict:
+    """What trains a model of ``experiment`` (the model ``model``, where given) on ``dataset``: the scale's
+    section, then (images only) the recipe for this scale (``recipes: {paper: ...}``, the model's own
+    ``recipes_from`` first; a scale may borrow another's with ``recipes_of``), then the scale's
+    ``flow_images/overrides`` (the smoke scale's two steps)."""
     settings = dict(flow_settings(scale, dataset))
     if dataset in IMAGE_DATASETS:
-        recipe = experiment.get("recipes", {}).get(scale.get("recipes_of", scale["scale"]), {})
+        recipes = experiment.get("model_recipes", {}).get(model, experiment.get("recipes", {}))
+        recipe = recipes.get(scale.get("recipes_of", scale["scale"]), {})
         settings |= {k: v for k, v in recipe.items() if k not in RECIPE_NOTES}
         settings |= scale["flow_images"].get("overrides", {})
     return settings
 
 
-def recipe_changes(scale: dict, experiment: dict, dataset: str) -> dict:
-    """The training settings in which this experiment's recipe differs from the scale's section."""
-    base, settings = flow_settings(scale, dataset), training_settings(scale, experiment, dataset)
+def recipe_changes(scale: dict, experiment: dict, dataset: str, model: str | None = None) -> dict:
+    """The training settings in which this experiment's (or its model's) recipe differs from the scale's section."""
+    base, settings = flow_settings(scale, dataset), training_settings(scale, experiment, dataset, model)
     return {k: v for k, v in settings.items() if base.get(k) != v and k not in RUN_SETTINGS}
 
 
@@ -451,12 +461,12 @@ def model_identity(experiment: dict, name: str, dataset: str, scale: dict | None
     identity = {"dataset": dataset, "spec": spec, "plugins": sorted(f["sha256"] for f in model_plugins(experiment, name))}
     if scale is not None:
         # the optimizer that will train it: the spec's, else the recipe's (adam at small/paper), else adamw
-        spec["optimizer"] = experiment["models"][name].get("optimizer", training_settings(scale, experiment, dataset).get("optimizer", "adamw"))
+        spec["optimizer"] = experiment["models"][name].get("optimizer", training_settings(scale, experiment, dataset, name).get("optimizer", "adamw"))
         if "ema_decay" in spec:
-            settings = training_settings(scale, experiment, dataset)
+            settings = training_settings(scale, experiment, dataset, name)
             if float(spec["ema_decay"]) == ema_decay({k: v for k, v in spec.items() if k != "ema_decay"}, settings):
                 del spec["ema_decay"]
-        changes = recipe_changes(scale, experiment, dataset)
+        changes = recipe_changes(scale, experiment, dataset, name)
         if changes:  # two experiments' recipes train the same spec differently: two models
             identity["recipe"] = changes
     for key in MODEL_REFERENCES:

@@ -45,8 +45,8 @@ def model_description(wildcards):
 
 def train_settings(wildcards):
     """What this job reads of the scale and the recipe: a change re-runs it, other sections do not."""
-    experiment, _ = owner_of(wildcards.key)
-    return job_settings(wildcards.dataset, experiment) | {"seeds": SEEDS}
+    experiment, name = owner_of(wildcards.key)
+    return job_settings(wildcards.dataset, experiment, name) | {"seeds": SEEDS}
 
 
 rule train:
