@@ -121,11 +121,15 @@ class ExactMixture:
         proj, var, resp = self._responsibilities(x, a, b)
         return resp.T @ self.means + self._mixed(proj, resp, a * self.lam / var), self._mixed(proj, resp, b / var)
 
+    def noise_mean(self, x, a, b):
+        """E[x0 | x] alone, in float64, at coefficients (a, b) (floats, or 0-d tensors a JVP differentiates)."""
+        proj, var, resp = self._responsibilities(x, a, b)
+        return self._mixed(proj, resp, b / var)
+
     def eps(self, x, s: float):
-        """eps*(x) at VE noise level s = sigma / alpha (x in VP space): E[x0 | x] alone."""
+        """eps*(x) at VE noise level s = sigma / alpha (x in VP space): E[x0 | x] at (alpha, sigma)."""
         alpha, sigma = vp_alpha_sigma(float(s))
-        proj, var, resp = self._responsibilities(x, alpha, sigma)
-        return self._mixed(proj, resp, sigma / var).to(x.dtype)
+        return self.noise_mean(x, alpha, sigma).to(x.dtype)
 
     def velocity(self, x, t):
         """Exact linear-path velocity E[x1 | x] - E[x0 | x] at time t (scalar, or a tensor of equal times

@@ -141,7 +141,7 @@ def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0,
 
     def eps_at(x, lam):
         alpha, sigma = alpha_sigma(lam)
-        return exact_mixture.posterior(x, alpha, sigma)[1]
+        return exact_mixture.noise_mean(x, alpha, sigma)  # E[x0 | x] alone: no E[x1 | x] computed and dropped
 
     def scaled_eps(x, lam):  # G = sigma eps / alpha = e^{-lambda} eps
         return torch.exp(-lam) * eps_at(x, lam)
