@@ -106,6 +106,20 @@ def test_a_model_with_scales_runs_only_there_with_the_key_it_has_without():
         bind_roles(experiment, tiny)
 
 
+def test_a_model_no_sampling_entry_runs_gets_no_sample_job():
+    """Sample jobs: each model on each dataset where some entry (its models: and datasets:) runs it; a model
+    that is only another's parent (rectified_diffusion's 1-RF) is trained, never sampled."""
+    from flowrepro.config import flow_runs
+
+    experiment = {"id": "e", "kind": "flow", "datasets": ["moons", "digits"],
+                  "models": {"parent": {}, "child": {}, "other": {}},
+                  "sampling": {"euler": {"models": ["child"], "nfe": [2]},
+                               "dopri5": {"models": ["other"], "datasets": ["moons"]}}}
+    assert flow_runs(experiment, {}) == [("moons", "child"), ("moons", "other"), ("digits", "child")]
+    experiment["sampling"]["all"] = {"nfe": [4]}
+    assert len(flow_runs(experiment, {})) == 6
+
+
 def test_a_models_recipes_from_trains_it_as_the_donor_does(tmp_path):
     """models/<name>/recipes_from: that model trains with the donor experiment's recipe (so a model both define
     is one file), the experiment's other models with the experiment's own; the key is not stored in the spec."""

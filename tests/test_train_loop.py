@@ -44,9 +44,10 @@ def _initial(seed: int, network="unet_smoke"):
     return build_unet((1, 8, 8), network)
 
 
-def _reference(initial, images, seed: int, steps: int) -> list[float]:
+def _reference(initial, images, seed: int, steps: int, ema=None) -> list[float]:
     recipe = dict(RECIPE)
-    return reference_train(copy.deepcopy(initial), copy.deepcopy(initial).requires_grad_(False), images, LinearPath(),
+    ema = copy.deepcopy(initial).requires_grad_(False) if ema is None else ema
+    return reference_train(copy.deepcopy(initial), ema, images, LinearPath(),
                            mse, steps, recipe.pop("batch_size"), recipe.pop("lr"), seed, **recipe)
 
 
@@ -68,9 +69,15 @@ def test_flowrepro_loop_on_cpu_gives_the_reference_losses_bit_for_bit(images, tm
     """Same weights, same batches, fp32: foreach Adam is torch's loop in fewer kernels, the deferred
     loss read changes when the host sees a value, not the value."""
     initial = _initial(0)
-    reference = _reference(initial, images, 0, 60)
-    flowrepro, _, _ = _flowrepro(initial, images, 0, 60, tmp_path)
+    reference_ema = copy.deepcopy(initial).requires_grad_(False)
+    reference = _reference(initial, images, 0, 60, reference_ema)
+    flowrepro, _, ema = _flowrepro(initial, images, 0, 60, tmp_path)
     assert flowrepro == reference
+    # the EMA, from tensor lists gathered once, follows the reference's per-step state-dict loop (the same
+    # average; torchcfm's ema * d + w * (1 - d) rounds apart from lerp_)
+    for ours, theirs in zip(ema.state_dict().values(), reference_ema.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ema.state_dict()["unet.conv_in.weight"], initial.state_dict()["unet.conv_in.weight"])
 
 
 @pytest.mark.slow

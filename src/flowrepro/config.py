@@ -206,8 +206,11 @@ def pretrained_skipped(experiment: dict, scale: dict) -> dict[str, str]:
 
 def flow_runs(experiment: dict, scale: dict) -> list[tuple[str, str]]:
     """``(dataset, model)`` of every sample job of a flow experiment at this scale: each trained model on
-    each of its datasets, each pretrained network on its own dataset."""
-    runs = [(dataset, model) for dataset in experiment["datasets"] for model in experiment["models"]]
+    each of its datasets where a sampling entry runs it (a model that is only another's parent, as a
+    reflow's 1-RF can be, gets no job), each pretrained network on its own dataset."""
+    entries = experiment.get("sampling", {}).values()
+    runs = [(dataset, model) for dataset in experiment["datasets"] for model in experiment["models"]
+            if any(dataset in e.get("datasets", [dataset]) and model in e.get("models", [model]) for e in entries)]
     return runs + [(entry["dataset"], name) for name, entry in pretrained_models(experiment, scale).items()]
 
 

@@ -73,16 +73,23 @@ class TrainConfig:
     fused: bool | None = None           # Adam/AdamW as one fused kernel; None: on CUDA (foreach elsewhere)
 
 
-def update_ema(ema_model, model, decay: float) -> None:
+def ema_tensors(ema_model, model) -> tuple[list, list, list, list]:
+    """The (EMA, model) parameter and buffer lists :func:`update_ema` reads, gathered once per training
+    rather than by walking a diffusers UNet's ~270 modules twice a step (about 1% of a tiny digits step)."""
+    return list(ema_model.parameters()), list(model.parameters()), list(ema_model.buffers()), list(model.buffers())
+
+
+def update_ema(tensors: tuple[list, list, list, list], decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * weights, i.e. ema.lerp_(weights, 1 - decay), over all
-    parameters in one ``_foreach_lerp_`` (bit-identical to a per-tensor lerp_); buffers copied."""
+    parameters in one ``_foreach_lerp_`` (bit-identical to a per-tensor lerp_); buffers copied.
+    ``tensors``: :func:`ema_tensors` of the two networks."""
     import torch
 
+    ema_parameters, parameters, ema_buffers, buffers = tensors
     with torch.no_grad():
-        torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - decay)
-        buffers = list(model.buffers())
+        torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
         if buffers:
-            torch._foreach_copy_(list(ema_model.buffers()), buffers)
+            torch._foreach_copy_(ema_buffers, buffers)
 
 
 def build_optimizer(name: str, params, lr: float, betas=None, eps=None, weight_decay=None, device="cpu",
@@ -217,6 +224,7 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
     network = torch.compile(network) if config.compile else network
     target = (torch.compile(ema_model) if config.compile else ema_model) if ema_model is not None else None
     reseed = _has_dropout(model)
+    averaged = ema_tensors(ema_model, model) if ema_model is not None else None  # after every .to(): same tensors
     pending: list = []  # this sync interval's losses, still on the device
 
     def save_checkpoint(done: int) -> None:
@@ -264,8 +272,8 @@ def train_flow(model, coupling: Callable, path, config: TrainConfig, seed: int, 
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * min(step / config.warmup, 1.0)
             optimizer.step()
-            if ema_model is not None:
-                update_ema(ema_model, model, config.ema_decay)
+            if averaged is not None:
+                update_ema(averaged, config.ema_decay)
             pending.append(loss.detach())
             done = step + 1
             # one process stops at the step the signal came in; ranks agree on it at the next sync point

@@ -54,8 +54,11 @@ def quality_vs_nfe(table, out_png: str, metric: str | None = None) -> None:
 
 
 def _sample_runs(arrays) -> list[dict]:
-    """Seed-0 runs of the Euler sampler at its fewest and most steps (else the first sampler's)."""
+    """Seed-0 runs of the Euler sampler at its fewest and most steps (else the first sampler's); none for a
+    model no sampling entry runs (its file holds only its trajectories)."""
     index = json.loads(str(arrays["runs"]))
+    if not index["runs"]:
+        return []
     seed = min(r["seed"] for r in index["runs"])
     runs = [r for r in index["runs"] if r["seed"] == seed]
     euler = [r for r in runs if r["sampler"] == "euler"] or [r for r in runs if r["sampler"] == runs[0]["sampler"]]
@@ -91,17 +94,15 @@ def _samples(loaded: list, test: np.ndarray, out_png: str, n_images: int, plt) -
         save_figure(fig, out_png)
         plt.close(fig)
         return
-    fig, axes = plt.subplots(1, 1 + 2 * len(loaded), figsize=(2.6 * (1 + 2 * len(loaded)), 2.6), sharex=True, sharey=True)
-    axes[0].scatter(test[:1000, 0], test[:1000, 1], s=1, c="k")
-    axes[0].set_title("data")
-    column = 1
-    for arrays in loaded:
-        model = json.loads(str(arrays["runs"]))["model"]
-        for run in _sample_runs(arrays):
-            x = arrays[run["key"]]
-            axes[column].scatter(x[:, 0], x[:, 1], s=1)
-            axes[column].set_title(f"{model}, {run['sampler']} NFE={run['nfe']}", fontsize=9)
-            column += 1
+    panels = [(json.loads(str(arrays["runs"]))["model"], arrays, run) for arrays in loaded for run in _sample_runs(arrays)]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(2.6 * (1 + len(panels)), 2.6), sharex=True, sharey=True,
+                             squeeze=False)
+    axes[0, 0].scatter(test[:1000, 0], test[:1000, 1], s=1, c="k")
+    axes[0, 0].set_title("data")
+    for ax, (model, arrays, run) in zip(axes[0, 1:], panels):
+        x = arrays[run["key"]]
+        ax.scatter(x[:, 0], x[:, 1], s=1)
+        ax.set_title(f"{model}, {run['sampler']} NFE={run['nfe']}", fontsize=9)
     save_figure(fig, out_png)
     plt.close(fig)
 
@@ -114,9 +115,8 @@ def trajectories(sample_files: list[str], out_png: str, n_paths: int = 60) -> No
     for ax, path in zip(axes[0], sample_files):
         with io.open_npz(path) as arrays:
             index = json.loads(str(arrays["runs"]))
-            seed = min(r["seed"] for r in index["runs"])
-            key = f"trajectory/seed{seed}"
-            paths = arrays[key][:, :n_paths] if key in arrays.files else None
+            keys = sorted((int(k.removeprefix("trajectory/seed")), k) for k in arrays.files if k.startswith("trajectory/seed"))
+            paths = arrays[keys[0][1]][:, :n_paths] if keys else None  # the first seed's (a model may have no runs)
         if paths is None:  # no velocity field (PFGM++ denoiser, CAF): no Euler trajectory was written
             ax.set_title(f"{index['model']} (no v(x, t))")
             continue
