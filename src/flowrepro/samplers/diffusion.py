@@ -126,6 +126,20 @@ class ExactMixture:
         proj, var, resp = self._responsibilities(x, a, b)
         return self._mixed(proj, resp, b / var)
 
+    def eps_jacobian_diagonal(self, x, a: float, b: float):
+        """diag(d eps / d x) of eps = E[x0 | x] at coefficients (a, b), in closed form, float64 (n, d).
+
+        With e_k = b C_k^{-1} (x - a mu_k) and responsibilities w_k (grad w_k = -w_k (e_k - eps) / b),
+        eps = sum_k w_k e_k and d eps/dx = b sum_k w_k C_k^{-1} - (sum_k w_k e_k e_k^T - eps eps^T) / b.
+        """
+        import torch
+
+        proj, var, resp = self._responsibilities(x, a, b)
+        e_k = b * torch.bmm(proj / var.unsqueeze(1), self.vecs.transpose(1, 2))  # (K, n, d)
+        eps = (resp.unsqueeze(-1) * e_k).sum(0)
+        inverse_diagonal = torch.einsum("kde,ke->kd", self.vecs * self.vecs, 1.0 / var)  # diag(C_k^{-1})
+        return b * resp.T @ inverse_diagonal - ((resp.unsqueeze(-1) * e_k * e_k).sum(0) - eps * eps) / b
+
     def eps(self, x, s: float):
         """eps*(x) at VE noise level s = sigma / alpha (x in VP space): E[x0 | x] at (alpha, sigma)."""
         alpha, sigma = vp_alpha_sigma(float(s))

@@ -81,25 +81,6 @@ def ems_grid(n_uniform: int = 400, steps=()) -> np.ndarray:
     return grid
 
 
-def eps_jacobian_diagonal(exact_mixture, x, alpha: float, sigma: float):
-    """diag(d eps / d x) of the mixture's exact eps at (alpha, sigma), in closed form, shape (n, d).
-
-    With e_k = sigma C_k^{-1} (x - alpha mu_k) and responsibilities r_k (grad r_k = -r_k (e_k - eps) / sigma),
-    eps = sum_k r_k e_k and d eps/dx = sigma sum_k r_k C_k^{-1} - (sum_k r_k e_k e_k^T - eps eps^T) / sigma.
-    """
-    import torch
-
-    em = exact_mixture
-    x64 = x.to(torch.float64)
-    var = alpha * alpha * em.lam + sigma * sigma  # (K, d)
-    proj = torch.einsum("nkd,kde->nke", x64[:, None, :] - alpha * em.means, em.vecs)
-    resp = torch.softmax(-0.5 * (proj * proj / var).sum(-1) - 0.5 * torch.log(var).sum(-1) + em.log_w, dim=-1)
-    e_k = sigma * torch.einsum("nke,kde->nkd", proj / var, em.vecs)  # (n, K, d)
-    eps = (resp[..., None] * e_k).sum(1)
-    inv_diag = torch.einsum("kde,ke->kd", em.vecs * em.vecs, 1.0 / var)  # diag(C_k^{-1})
-    return sigma * resp @ inv_diag - ((resp[..., None] * e_k * e_k).sum(1) - eps * eps) / sigma
-
-
 def forward_jvp(fn: Callable, primals: tuple, tangents: tuple):
     """(fn(*primals), J fn . tangents) by forward-mode AD: torch.func.jvp's result from dual tensors
     (torch.autograd.forward_ad), without functorch's per-op wrapping (5x faster on the mixture's eps)."""
@@ -117,7 +98,7 @@ def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0,
     mixture, z ~ N(0, I), the same draws at every lambda, from ``seed``):
 
     * l = E[sigma diag(d eps/dx)], the diagonal exactly: ``diagonal="closed_form"`` differentiates the
-      mixture posterior by hand (:func:`eps_jacobian_diagonal`, one evaluation), ``"jvp"`` takes one
+      mixture posterior by hand (``ExactMixture.eps_jacobian_diagonal``, one evaluation), ``"jvp"`` takes one
       forward-mode JVP per coordinate (d evaluations; the tests check the two agree);
     * f = (sigma eps - l x) / alpha and f' its total lambda-derivative along the ODE
       dx/dlambda = sigma^2 x - sigma eps: with G = sigma eps / alpha and u = x / alpha,
@@ -157,7 +138,7 @@ def ems_exact(exact_mixture, lambdas=None, n_samples: int = 1024, seed: int = 0,
             diag = torch.diagonal(columns, dim1=0, dim2=2)  # (n, d): d eps_i / d x_i
             calls += dim
         else:
-            diag = eps_jacobian_diagonal(exact_mixture, x, float(alpha), float(sigma))
+            diag = exact_mixture.eps_jacobian_diagonal(x, float(alpha), float(sigma))
             calls += 1
         l_rows.append((sigma * diag).mean(0))
         eps = eps_at(x, lam)
@@ -255,4 +236,4 @@ def _fit_sb(lambdas, l, stats: list[dict], calls: int) -> EMS:  # noqa: E741
     return EMS(np.asarray(lambdas, dtype=np.float64), l, np.stack(s_rows), np.stack(b_rows), calls)
 
 
-__all__ = ["EMS", "alpha_sigma", "eps_jacobian_diagonal", "ems_exact", "ems_grid", "ems_network", "training_lambdas"]
+__all__ = ["EMS", "alpha_sigma", "ems_exact", "ems_grid", "ems_network", "training_lambdas"]
