@@ -204,13 +204,19 @@ def pretrained_skipped(experiment: dict, scale: dict) -> dict[str, str]:
     return reasons
 
 
+def entry_runs_on(entry: dict, dataset: str, model: str) -> bool:
+    """Whether a ``sampling:`` entry runs on ``model`` over ``dataset``: its ``datasets:`` and ``models:``
+    lists, each absent meaning all."""
+    return dataset in entry.get("datasets", [dataset]) and model in entry.get("models", [model])
+
+
 def flow_runs(experiment: dict, scale: dict) -> list[tuple[str, str]]:
     """``(dataset, model)`` of every sample job of a flow experiment at this scale: each trained model on
     each of its datasets where a sampling entry runs it (a model that is only another's parent, as a
     reflow's 1-RF can be, gets no job), each pretrained network on its own dataset."""
     entries = experiment.get("sampling", {}).values()
     runs = [(dataset, model) for dataset in experiment["datasets"] for model in experiment["models"]
-            if any(dataset in e.get("datasets", [dataset]) and model in e.get("models", [model]) for e in entries)]
+            if any(entry_runs_on(entry, dataset, model) for entry in entries)]
     return runs + [(entry["dataset"], name) for name, entry in pretrained_models(experiment, scale).items()]
 
 

@@ -30,12 +30,13 @@ EMS_OPTIONS = {"n_calibration": 512, "ems_lambdas": 200, "ems_batch": 0}
 def v3_entries(experiment: dict, dataset: str, method: str) -> dict[str, dict]:
     """label -> sampling entry, for the entries running dpm_solver_v3 on (dataset, method)."""
     from flowrepro import pieces
+    from flowrepro.config import entry_runs_on
 
     found = {}
     for label, options in experiment.get("sampling", {}).items():
         if pieces.split(options.get("sampler", label))[0] != "dpm_solver_v3":
             continue
-        if dataset in options.get("datasets", [dataset]) and method in options.get("models", [method]):
+        if entry_runs_on(options, dataset, method):
             found[label] = options
     return found
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from flowrepro import io
-from flowrepro.config import bind_roles, load_experiment, load_scale, pick_device
+from flowrepro.config import bind_roles, entry_runs_on, load_experiment, load_scale, pick_device
 
 
 def _noise(n: int, shape: tuple[int, ...], seed: int, device: str):
@@ -148,7 +148,7 @@ def run(experiment_file: str, scale_file: str, model_files: list[str] | str | No
         for seed, model in models.items():
             x0 = _noise(settings["n_eval"], info["shape"], seed, "cpu")
             for label, options in experiment["sampling"].items():
-                if info["dataset"] not in options.get("datasets", [info["dataset"]]) or method not in options.get("models", [method]):
+                if not entry_runs_on(options, info["dataset"], method):
                     continue
                 runs += _sampler_runs(writer, label, options, model, x0, seed, info, settings, batch, device, model_files)
             if not getattr(model, "is_velocity_field", True):  # no v(x, t) to integrate (CAF): no reference or trajectory
